@@ -1,0 +1,8 @@
+"""Prometheus exporter for Celery."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("celery-exporter")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

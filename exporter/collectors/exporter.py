@@ -1,0 +1,75 @@
+"""The exporter's own health: events, drops, state size, sources, collectors, build."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable, Sequence
+
+import kombu
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from exporter import __version__
+from exporter.collectors.base import CollectorResults
+from exporter.events.status import SourceStatus
+from exporter.inspect import InspectStats
+from exporter.metrics import defs
+from exporter.pipeline import EventPipeline
+
+
+class ExporterCollector:
+    """Self-metrics; registered last so it reports the other collectors of the same scrape."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: EventPipeline,
+        sources: Sequence[SourceStatus],
+        results: CollectorResults,
+        inspections: InspectStats | None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._sources = sources
+        self._results = results
+        self._inspections = inspections
+        self._build = [__version__, platform.python_version(), kombu.__version__]
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._pipeline.stats()
+        build = defs.BUILD_INFO.gauge()
+        build.add_metric(self._build, 1.0)
+        yield build
+        yield _by_label(defs.EVENTS.counter(), stats.events)
+        yield _by_label(defs.EVENTS_DROPPED.counter(), stats.dropped)
+        yield _by_label(defs.STATE_EVICTIONS.counter(), stats.evictions)
+        overflows = dict(stats.label_overflows)
+        overflows["worker"] += stats.workers_over_limit
+        yield _by_label(defs.LABEL_OVERFLOW.counter(), overflows)
+        tracked = defs.TRACKED_TASKS.gauge()
+        tracked.add_metric([], stats.tracked_tasks)
+        yield tracked
+        up, reconnects = defs.SOURCE_UP.gauge(), defs.SOURCE_RECONNECTS.counter()
+        buffered = defs.EVENT_BUFFER.gauge()
+        for source in self._sources:
+            up.add_metric([source.name], 1.0 if source.connected else 0.0)
+            reconnects.add_metric([source.name], source.reconnects)
+        buffered.add_metric([], sum(source.buffered_bytes for source in self._sources))
+        yield from (up, reconnects, buffered)
+        last, lag = defs.LAST_EVENT.gauge(), defs.EVENT_LAG.gauge()
+        if stats.last_event_at is not None and stats.last_event_lag is not None:
+            last.add_metric([], stats.last_event_at)
+            lag.add_metric([], stats.last_event_lag)
+        yield from (last, lag)
+        if self._inspections is not None:
+            yield _by_label(defs.INSPECTIONS.counter(), self._inspections.read())
+        success, duration = defs.COLLECTOR_SUCCESS.gauge(), defs.COLLECTOR_DURATION.gauge()
+        for name, (ok, seconds) in self._results.read().items():
+            success.add_metric([name], 1.0 if ok else 0.0)
+            duration.add_metric([name], seconds)
+        yield from (success, duration)
+
+
+def _by_label(family: CounterMetricFamily, values: dict[str, int]) -> CounterMetricFamily:
+    for label, value in values.items():
+        family.add_metric([label], value)
+    return family

@@ -1,0 +1,47 @@
+"""Builds the registry from the collector flags; nothing registers itself at import."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry
+
+from exporter.collectors.base import Collector, CollectorResults, Isolated
+from exporter.collectors.exporter import ExporterCollector
+from exporter.collectors.tasks import TaskCollector
+from exporter.collectors.workers import WorkerCollector
+from exporter.config import Settings
+from exporter.events.status import SourceStatus
+from exporter.inspect import InspectStats
+from exporter.pipeline import EventPipeline
+from exporter.state.routing import QueueResolver
+
+
+def build_registry(
+    *,
+    settings: Settings,
+    pipeline: EventPipeline,
+    resolver: QueueResolver,
+    sources: Sequence[SourceStatus],
+    inspections: InspectStats | None,
+    clock: Callable[[], float],
+) -> CollectorRegistry:
+    """A registry holding the enabled collectors, each isolated, self-metrics last."""
+    registry = CollectorRegistry(auto_describe=False)
+    results = CollectorResults()
+    enabled: list[tuple[str, Collector]] = []
+    if settings.collector_tasks:
+        enabled.append(("tasks", TaskCollector(pipeline=pipeline, clock=clock)))
+    if settings.collector_workers:
+        enabled.append(("workers", WorkerCollector(pipeline=pipeline, resolver=resolver)))
+    enabled.append(
+        (
+            "exporter",
+            ExporterCollector(
+                pipeline=pipeline, sources=sources, results=results, inspections=inspections
+            ),
+        )
+    )
+    for name, collector in enabled:
+        registry.register(Isolated(name, collector, results))
+    return registry

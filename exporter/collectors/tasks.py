@@ -1,0 +1,76 @@
+"""Task metrics, built at scrape time from a copy of the task state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from exporter.metrics import defs
+from exporter.pipeline import EventPipeline
+from exporter.state.tasks import HistogramSnapshot, Key3, Key4
+
+
+def _histogram(
+    family: HistogramMetricFamily,
+    buckets: Sequence[float],
+    series: Mapping[Key3, HistogramSnapshot] | Mapping[Key4, HistogramSnapshot],
+) -> HistogramMetricFamily:
+    bounds = [_bound(b) for b in buckets] + ["+Inf"]
+    for labels, hist in series.items():
+        cumulative, running = [], 0
+        for bound, count in zip(bounds, hist.counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        family.add_metric(list(labels), cumulative, hist.total)
+    return family
+
+
+def _bound(value: float) -> str:
+    """A bucket bound as Prometheus writes it: 1.0 -> "1.0", 0.005 -> "0.005"."""
+    return repr(float(value))
+
+
+class TaskCollector:
+    """Counters, histograms and running-task gauges per task, queue and worker."""
+
+    def __init__(self, *, pipeline: EventPipeline, clock: Callable[[], float]) -> None:
+        self._pipeline = pipeline
+        self._clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self._pipeline.task_snapshot()
+        now = self._clock()
+        for definition, values in (
+            (defs.TASK_SENT, snap.sent),
+            (defs.TASK_RECEIVED, snap.received),
+            (defs.TASK_STARTED, snap.started),
+            (defs.TASK_SUCCEEDED, snap.succeeded),
+            (defs.TASK_FAILED, snap.failed),
+            (defs.TASK_RETRIED, snap.retried),
+            (defs.TASK_REJECTED, snap.rejected),
+            (defs.TASK_REVOKED, snap.revoked),
+        ):
+            family = definition.counter()
+            for labels, value in values.items():
+                family.add_metric(list(labels), value)
+            yield family
+        tasks = self._pipeline.tasks
+        yield _histogram(defs.TASK_DURATION.histogram(), tasks.duration_buckets, snap.duration)
+        yield _histogram(
+            defs.TASK_QUEUE_WAIT.histogram(), tasks.queue_wait_buckets, snap.queue_wait
+        )
+        running: dict[tuple[str, str], int] = {}
+        oldest: dict[tuple[str, str], float] = {}
+        for task in snap.running:
+            key = (task.task, task.queue)
+            running[key] = running.get(key, 0) + 1
+            oldest[key] = min(oldest.get(key, task.seen_at), task.seen_at)
+        count_family = defs.TASK_RUNNING.gauge()
+        age_family = defs.TASK_OLDEST_RUNNING_AGE.gauge()
+        for key, count in running.items():
+            count_family.add_metric(list(key), count)
+            age_family.add_metric(list(key), max(0.0, now - oldest[key]))
+        yield count_family
+        yield age_family

@@ -1,0 +1,276 @@
+"""Settings: one typed model fed by flags, environment variables and a config file.
+
+Every field is a flag (``--field-name``) and an environment variable (``CELERY_EXPORTER_FIELD_NAME``);
+``cli.py`` builds the flags from this model, and the README table is checked against it, so this
+file is the one place an option is defined.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CELERY_EXPORTER_"
+REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+SUPPORTED_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
+
+# 5 ms to 1 h: short web-request tasks and hour-long batch jobs both land inside the range.
+DEFAULT_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+# Queue wait spans the same range: a backlog can hold work for an hour as easily as a task runs.
+DEFAULT_QUEUE_WAIT_BUCKETS = DEFAULT_DURATION_BUCKETS
+
+
+class WorkerLabel(enum.StrEnum):
+    """How the ``worker`` label of task metrics is derived from the worker's nodename."""
+
+    FULL = "full"
+    HOST = "host"
+    GROUP = "group"
+    NONE = "none"
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+def _csv_floats(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _json_object(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not a JSON object: {err.msg}") from err
+    return value
+
+
+Buckets = Annotated[list[float], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything the daemon can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- broker ---
+    broker_url: SecretStr = Field(
+        default=SecretStr("redis://localhost:6379/0"),
+        validation_alias=AliasChoices(f"{ENV_PREFIX}BROKER_URL", "CELERY_BROKER_URL"),
+        description="Broker URL (redis://, rediss://, sentinel://, amqp://, amqps://); "
+        "CELERY_BROKER_URL is read when the exporter's own variable is unset.",
+    )
+    broker_url_file: Path | None = Field(
+        default=None, description="Read the broker URL from this file (a mounted Secret)."
+    )
+    broker_transport_options: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description="kombu transport options as a JSON object, as in the app's "
+        "broker_transport_options (priority_steps, sep, global_keyprefix, master_name, ...).",
+    )
+    events_exchange: str = Field(
+        default="celeryev", min_length=1, description="Celery's event exchange (event_exchange)."
+    )
+    broker_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Timeout of every broker connect and call."
+    )
+    reconnect_max_delay_seconds: float = Field(
+        default=30.0, gt=0, description="Cap of the exponential backoff between reconnects."
+    )
+    event_buffer_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Redis: bytes read off the socket but not yet decoded, at most; past it "
+        "the reader stops reading and the backlog waits in Redis.",
+    )
+    max_event_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Event messages larger than this are dropped (reason oversized).",
+    )
+    amqp_event_queue_ttl_seconds: float = Field(
+        default=60.0, gt=0, description="RabbitMQ: message TTL of the exporter's event queue."
+    )
+    amqp_event_queue_max_length: int = Field(
+        default=500_000, ge=1, description="RabbitMQ: length bound of the exporter's event queue."
+    )
+
+    # --- HTTP ---
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104
+    port: int = Field(default=9808, ge=0, le=65535, description="Port to listen on.")
+    ready_max_event_age_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="/readyz also requires an event younger than this (0: only the connection).",
+    )
+
+    # --- logging ---
+    log_level: LogLevel = Field(default=LogLevel.INFO, description="Level of our own loggers.")
+    log_format: LogFormat = Field(
+        default=LogFormat.TEXT, description="text or json (one object per line)."
+    )
+
+    # --- task metrics ---
+    worker_label: WorkerLabel = Field(
+        default=WorkerLabel.FULL,
+        description="worker label of task metrics: full nodename, host part, group (regex) or none.",
+    )
+    worker_label_regex: str | None = Field(
+        default=None,
+        description="With worker_label=group: a regex whose first group (or group named "
+        "'group') becomes the label; nodenames that do not match keep their full name.",
+    )
+    task_state_max_tasks: int = Field(
+        default=100_000, ge=100, description="Tasks whose id is remembered at most (LRU)."
+    )
+    task_state_ttl_seconds: float = Field(
+        default=7200.0, gt=0, description="A task id not seen for this long is forgotten."
+    )
+    task_name_wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long events of a task whose name is not known yet are held back "
+        "before they are counted as task 'unknown'.",
+    )
+    task_duration_buckets: Buckets = Field(
+        default_factory=lambda: list(DEFAULT_DURATION_BUCKETS),
+        description="Buckets of celery_task_duration_seconds (comma-separated seconds).",
+    )
+    task_queue_wait_buckets: Buckets = Field(
+        default_factory=lambda: list(DEFAULT_QUEUE_WAIT_BUCKETS),
+        description="Buckets of celery_task_queue_wait_seconds (comma-separated seconds).",
+    )
+    max_task_names: int = Field(
+        default=1000, ge=1, description="Distinct task label values at most."
+    )
+    max_queues: int = Field(default=500, ge=1, description="Distinct queue label values at most.")
+    max_workers: int = Field(
+        default=1000, ge=1, description="Distinct worker label values at most."
+    )
+    max_exception_types: int = Field(
+        default=200, ge=1, description="Distinct exception label values at most."
+    )
+    max_label_length: int = Field(
+        default=200, ge=16, description="Longer label values are cut to this many characters."
+    )
+
+    # --- worker metrics ---
+    worker_timeout_heartbeats: float = Field(
+        default=3.0,
+        gt=1,
+        description="A worker is down after this many of its own heartbeat intervals without one.",
+    )
+    worker_retention_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="A worker that went away keeps celery_worker_up 0 this long, then its "
+        "series are removed.",
+    )
+
+    # --- queue label of task metrics ---
+    app: str | None = Field(
+        default=None,
+        description="Celery app 'module:attribute' whose task_routes name each task's queue "
+        "(needs the app importable).",
+    )
+    inspect_interval_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Ask workers which queues they consume this often, and when a new worker "
+        "appears (0: never).",
+    )
+    inspect_timeout_seconds: float = Field(
+        default=1.0, gt=0, description="How long an inspection waits for replies."
+    )
+
+    # --- collectors ---
+    collector_tasks: bool = Field(default=True, description="Export task metrics.")
+    collector_workers: bool = Field(default=True, description="Export worker metrics.")
+
+    @field_validator("task_duration_buckets", "task_queue_wait_buckets", mode="before")
+    @classmethod
+    def _parse_buckets(cls, value: Any) -> Any:
+        return _csv_floats(value)
+
+    @field_validator("task_duration_buckets", "task_queue_wait_buckets")
+    @classmethod
+    def _check_buckets(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("needs at least one bucket")
+        if any(b <= 0 for b in value):
+            raise ValueError("buckets must be positive")
+        if any(a >= b for a, b in itertools.pairwise(value)):
+            raise ValueError("buckets must be strictly increasing")
+        return value
+
+    @field_validator("broker_transport_options", mode="before")
+    @classmethod
+    def _parse_transport_options(cls, value: Any) -> Any:
+        return _json_object(value)
+
+    @field_validator("worker_label_regex")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            pattern = re.compile(value)
+        except re.error as err:
+            raise ValueError(f"invalid regex: {err}") from err
+        if pattern.groups < 1:
+            raise ValueError("needs a capturing group")
+        return value
+
+    @field_validator("app")
+    @classmethod
+    def _check_app(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError("expected 'module:attribute'")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.worker_label is WorkerLabel.GROUP and not self.worker_label_regex:
+            raise ValueError("worker_label=group needs worker_label_regex")
+        if self.broker_url_file is not None and not self.broker_url_file.is_file():
+            raise ValueError(f"broker_url_file {self.broker_url_file} is not a readable file")
+        scheme = self.resolved_broker_url().split("://", 1)[0].lower()
+        if scheme not in SUPPORTED_SCHEMES:
+            raise ValueError(
+                f"broker_url scheme {scheme!r} is not supported; use one of "
+                + ", ".join(sorted(SUPPORTED_SCHEMES))
+            )
+        return self
+
+    def resolved_broker_url(self) -> str:
+        """The broker URL, read from broker_url_file when that is set."""
+        if self.broker_url_file is not None:
+            return self.broker_url_file.read_text(encoding="utf-8").strip()
+        return self.broker_url.get_secret_value()

@@ -1,0 +1,146 @@
+"""Lifecycle: build the data path, serve, wait for a stop signal, shut down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from exporter.collectors.registry import build_registry
+from exporter.config import Settings
+from exporter.events.source import EventSource, build_event_source
+from exporter.http import HttpServer, Readiness
+from exporter.inspect import Inspector, InspectStats, load_app_router
+from exporter.pipeline import EventPipeline
+from exporter.state.labels import TaskLabels
+from exporter.state.routing import QueueResolver
+from exporter.state.tasks import TaskState
+from exporter.state.workers import WorkerState
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 1.0
+SHUTDOWN_SECONDS = 1.5
+
+
+class Daemon:
+    """Everything one exporter process runs, wired broker -> decode -> state -> metrics -> HTTP."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._clock = clock
+        route = load_app_router(settings.app) if settings.app else None
+        self.resolver = QueueResolver(route=route)
+        tasks = TaskState(
+            labels=TaskLabels(settings),
+            resolver=self.resolver,
+            max_tasks=settings.task_state_max_tasks,
+            ttl=settings.task_state_ttl_seconds,
+            name_wait=settings.task_name_wait_seconds,
+            duration_buckets=settings.task_duration_buckets,
+            queue_wait_buckets=settings.task_queue_wait_buckets,
+        )
+        workers = WorkerState(
+            timeout_heartbeats=settings.worker_timeout_heartbeats,
+            retention=settings.worker_retention_seconds,
+            max_workers=settings.max_workers,
+        )
+        url = settings.resolved_broker_url()
+        self.inspector: Inspector | None = None
+        inspections: InspectStats | None = None
+        if settings.inspect_interval_seconds > 0:
+            inspections = InspectStats()
+            self.inspector = Inspector(
+                broker_url=url,
+                transport_options=dict(settings.broker_transport_options),
+                interval=settings.inspect_interval_seconds,
+                timeout=settings.inspect_timeout_seconds,
+                resolver=self.resolver,
+                live_workers=self._live_workers,
+                stats=inspections,
+            )
+        self.pipeline = EventPipeline(
+            tasks=tasks,
+            workers=workers,
+            resolver=self.resolver,
+            clock=clock,
+            max_event_bytes=settings.max_event_bytes,
+            on_new_worker=self.inspector.worker_appeared if self.inspector else None,
+        )
+        self.source: EventSource = build_event_source(settings, self.pipeline)
+        registry = build_registry(
+            settings=settings,
+            pipeline=self.pipeline,
+            resolver=self.resolver,
+            sources=[self.source.status],
+            inspections=inspections,
+            clock=clock,
+        )
+        self.http = HttpServer(
+            registry=registry, host=settings.host, port=settings.port, readiness=self.readiness
+        )
+        self.stop_event = asyncio.Event()
+
+    def _live_workers(self) -> int:
+        return self.pipeline.live_workers()
+
+    def readiness(self) -> Readiness:
+        """Ready when the event source is connected and, if asked, events are fresh."""
+        checks = {"events_source": "connected" if self.source.status.connected else "down"}
+        ready = self.source.status.connected
+        max_age = self.settings.ready_max_event_age_seconds
+        if max_age > 0:
+            last = self.pipeline.stats().last_event_at
+            age = None if last is None else self._clock() - last
+            fresh = age is not None and age <= max_age
+            checks["last_event"] = "none yet" if age is None else f"{age:.1f}s ago"
+            ready = ready and fresh
+        return Readiness(ready, checks)
+
+    async def run(self) -> None:
+        """Serve until ``stop_event`` is set, then shut down within about two seconds."""
+        await self.http.start()
+        self.source.start()
+        background = [asyncio.create_task(self._sweep(), name="sweep")]
+        if self.inspector is not None:
+            background.append(
+                asyncio.create_task(self.inspector.run(self.stop_event), name="inspect")
+            )
+        try:
+            await self.stop_event.wait()
+        finally:
+            log.info("shutting down")
+            for task in background:
+                task.cancel()
+            await asyncio.to_thread(self.source.stop, SHUTDOWN_SECONDS)
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.http.close()
+            if self.inspector is not None:
+                self.inspector.close()
+            log.info("stopped")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                self.pipeline.sweep()
+            except Exception:  # supervision boundary: upkeep must go on
+                log.exception("state upkeep failed")
+
+
+async def serve(settings: Settings) -> None:
+    """Run a daemon until SIGTERM or SIGINT."""
+    daemon = Daemon(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.stop_event.set)
+    try:
+        await daemon.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,165 @@
+"""Redis event session: kombu builds the connection, a reader thread drains the socket.
+
+kombu resolves the URL (redis, rediss, sentinel), the transport options and the channel naming
+(fanout prefix, global key prefix), so the subscription matches what Celery publishes. Frames are
+then read straight off that connection's socket: Redis disconnects a pub/sub subscriber whose
+unread output passes ``client-output-buffer-limit pubsub`` (32 MB by default), so one thread does
+nothing but move bytes from the socket into a bounded buffer while this one parses them with
+hiredis and decodes them in bulk. A burst then waits in our buffer instead of Redis's.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+from typing import Any
+
+import hiredis
+import kombu
+
+from exporter.config import Settings
+from exporter.events.status import SourceStatus
+from exporter.logs import redact_url
+from exporter.pipeline import EventPipeline
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+# Bytes of frames decoded per pipeline batch: large enough to amortise the lock and call
+# overhead, small enough that a scrape never waits long for the lock.
+BATCH_BYTES = 512 * 1024
+POLL_SECONDS = 0.5
+# redis-py negotiates RESP3 when it can: pub/sub messages then arrive as push frames.
+_ARRAY_TYPES = (list, hiredis.PushNotification)
+
+
+class SubscriberLost(ConnectionError):
+    """The pub/sub connection ended (closed by Redis, reset, or refused)."""
+
+
+def subscription_pattern(channel: Any, exchange: str) -> str:
+    """The PSUBSCRIBE pattern kombu's Redis channel would use for a fanout exchange."""
+    # kombu formats '/{db}.' into keyprefix_fanout when it builds its pool; PUBLISH gets
+    # global_keyprefix prepended by kombu's prefixing client, PSUBSCRIBE must add it here.
+    prefix = getattr(channel, "global_keyprefix", "") or ""
+    topic = f"{channel.keyprefix_fanout}{exchange}"
+    return f"{prefix}{topic}/*" if channel.fanout_patterns else f"{prefix}{topic}"
+
+
+class _SocketReader(threading.Thread):
+    """Moves bytes from the socket into ``chunks`` until EOF, error or stop; bounded."""
+
+    def __init__(
+        self, sock: socket.socket, limit: int, stop: threading.Event, status: SourceStatus
+    ) -> None:
+        super().__init__(name="events-redis-reader")
+        self._sock = sock
+        self._limit = limit
+        self._stop_event = stop
+        self._status = status
+        self.chunks: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
+        self.read_bytes = 0
+        self.consumed_bytes = 0  # written by the consuming thread
+
+    def run(self) -> None:
+        sock, chunks, stop = self._sock, self.chunks, self._stop_event
+        try:
+            while not stop.is_set():
+                backlog = self.read_bytes - self.consumed_bytes
+                self._status.buffered_bytes = backlog
+                if backlog > self._limit:
+                    # Stop reading: the backlog now waits in Redis (and may get us cut off,
+                    # which is counted as a reconnect) rather than growing our memory.
+                    stop.wait(0.005)
+                    continue
+                try:
+                    data = sock.recv(READ_SIZE)
+                except TimeoutError:
+                    continue
+                if not data:
+                    chunks.put(SubscriberLost("connection closed by the server"))
+                    return
+                self.read_bytes += len(data)
+                chunks.put(data)
+        except OSError as err:
+            chunks.put(err)
+
+
+class RedisSession:
+    """One pub/sub subscription to Celery's event channel."""
+
+    def __init__(self, *, url: str, settings: Settings, pipeline: EventPipeline) -> None:
+        self.status = SourceStatus("events")
+        self._url = url
+        self._settings = settings
+        self._pipeline = pipeline
+
+    def run_session(self, stop: threading.Event) -> None:
+        settings = self._settings
+        conn = kombu.Connection(
+            self._url,
+            transport_options=dict(settings.broker_transport_options),
+            connect_timeout=settings.broker_connect_timeout_seconds,
+        )
+        redis_conn: Any = None
+        reader: _SocketReader | None = None
+        try:
+            channel = conn.default_channel  # connects and pings, honouring the options
+            pattern = subscription_pattern(channel, settings.events_exchange)
+            pool = channel.client.connection_pool  # type: ignore[attr-defined]  # Redis Channel
+            redis_conn = pool.get_connection()
+            redis_conn.send_command("PSUBSCRIBE", pattern)
+            sock: socket.socket = redis_conn._sock
+            sock.settimeout(POLL_SECONDS)
+            reader = _SocketReader(sock, settings.event_buffer_bytes, stop, self.status)
+            reader.start()
+            self._consume(reader, stop, redact_url(conn.as_uri()), pattern)
+        finally:
+            if reader is not None:
+                stop_reader = reader.is_alive()
+                if redis_conn is not None:
+                    redis_conn.disconnect()
+                if stop_reader:
+                    reader.join(POLL_SECONDS * 4)
+            conn.release()
+
+    def _consume(
+        self, reader: _SocketReader, stop: threading.Event, where: str, pattern: str
+    ) -> None:
+        parser = hiredis.Reader()
+        chunks = reader.chunks
+        feed = self._pipeline.feed_redis
+        while not stop.is_set():
+            try:
+                chunk = chunks.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            size = 0
+            while True:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                parser.feed(chunk)
+                size += len(chunk)
+                if size >= BATCH_BYTES:
+                    break
+                try:
+                    chunk = chunks.get_nowait()
+                except queue.Empty:
+                    break
+            messages: list[bytes] = []
+            reply = parser.gets()
+            while reply is not False:
+                is_array = type(reply) in _ARRAY_TYPES
+                if is_array and len(reply) == 4:
+                    messages.append(reply[3])  # [b"pmessage", pattern, channel, data]
+                elif is_array and reply and reply[0] == b"psubscribe":
+                    self.status.mark_connected(f"{where} ({pattern})")
+                elif isinstance(reply, hiredis.ReplyError):
+                    raise SubscriberLost(f"Redis refused the subscription: {reply}")
+                else:
+                    self._pipeline.drop_unreadable(f"unexpected pub/sub frame {reply!r:.100}")
+                reply = parser.gets()
+            feed(messages)
+            reader.consumed_bytes += size

@@ -1,0 +1,183 @@
+"""Every metric the exporter publishes: name, type, help and labels. The only place names live.
+
+Names are a contract with alert rules, dashboards and users; the README table is checked
+against this module by the test suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+
+    def counter(self) -> CounterMetricFamily:
+        assert self.kind == "counter"
+        return CounterMetricFamily(self.name, self.help, labels=self.labels)
+
+    def gauge(self) -> GaugeMetricFamily:
+        assert self.kind == "gauge"
+        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+
+    def histogram(self) -> HistogramMetricFamily:
+        assert self.kind == "histogram"
+        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+
+
+TASK = ("task", "queue", "worker")
+
+# --- tasks (collector "tasks") ---
+TASK_SENT = MetricDef(
+    "celery_task_sent_total", "counter",
+    "Tasks published, from task-sent events (producers need task_send_sent_event).",
+    ("task", "queue"),
+)  # fmt: skip
+TASK_RECEIVED = MetricDef(
+    "celery_task_received_total", "counter", "Tasks received by a worker (task-received).", TASK
+)
+TASK_STARTED = MetricDef(
+    "celery_task_started_total", "counter", "Tasks that started executing (task-started).", TASK
+)
+TASK_SUCCEEDED = MetricDef(
+    "celery_task_succeeded_total", "counter", "Tasks that succeeded (task-succeeded).", TASK
+)
+TASK_FAILED = MetricDef(
+    "celery_task_failed_total", "counter",
+    "Tasks that failed (task-failed), by exception class.", (*TASK, "exception"),
+)  # fmt: skip
+TASK_RETRIED = MetricDef(
+    "celery_task_retried_total",
+    "counter",
+    "Task attempts that ended in a retry (task-retried).",
+    TASK,
+)
+TASK_REJECTED = MetricDef(
+    "celery_task_rejected_total", "counter", "Tasks rejected by a worker (task-rejected).", TASK
+)
+TASK_REVOKED = MetricDef(
+    "celery_task_revoked_total", "counter", "Tasks revoked (task-revoked).", TASK
+)
+TASK_DURATION = MetricDef(
+    "celery_task_duration_seconds", "histogram",
+    "Task run time: the worker's runtime when it succeeded, started to failed when it failed.",
+    (*TASK, "state"),
+)  # fmt: skip
+TASK_QUEUE_WAIT = MetricDef(
+    "celery_task_queue_wait_seconds", "histogram",
+    "Time from task-sent (or task-received, or the ETA when later) to task-started.", TASK,
+)  # fmt: skip
+TASK_RUNNING = MetricDef(
+    "celery_task_running", "gauge", "Tasks started and not finished yet.", ("task", "queue")
+)
+TASK_OLDEST_RUNNING_AGE = MetricDef(
+    "celery_task_oldest_running_age_seconds", "gauge",
+    "Age of the longest-running unfinished task.", ("task", "queue"),
+)  # fmt: skip
+
+# --- workers (collector "workers") ---
+WORKER_UP = MetricDef(
+    "celery_worker_up", "gauge",
+    "1 while the worker's heartbeats arrive on time, 0 after worker-offline or missed heartbeats.",
+    ("worker",),
+)  # fmt: skip
+WORKER_LAST_HEARTBEAT = MetricDef(
+    "celery_worker_last_heartbeat_timestamp_seconds", "gauge",
+    "When the exporter received the worker's last heartbeat (unix time).", ("worker",),
+)  # fmt: skip
+WORKER_HEARTBEAT_INTERVAL = MetricDef(
+    "celery_worker_heartbeat_interval_seconds", "gauge",
+    "The worker's own heartbeat interval (freq).", ("worker",),
+)  # fmt: skip
+WORKER_TASKS_ACTIVE = MetricDef(
+    "celery_worker_tasks_active", "gauge",
+    "Tasks executing on the worker, as of its last heartbeat.", ("worker",),
+)  # fmt: skip
+WORKER_TASKS_PROCESSED = MetricDef(
+    "celery_worker_tasks_processed_total", "counter",
+    "Tasks the worker process has accepted since it started, as of its last heartbeat.",
+    ("worker",),
+)  # fmt: skip
+WORKER_LOAD1 = MetricDef(
+    "celery_worker_load1", "gauge", "One-minute load average of the worker's host.", ("worker",)
+)
+WORKER_CONSUMING = MetricDef(
+    "celery_worker_consuming", "gauge",
+    "1 for each queue the worker consumes, as learned by inspection.", ("worker", "queue"),
+)  # fmt: skip
+
+# --- the exporter itself (always on) ---
+BUILD_INFO = MetricDef(
+    "celery_exporter_build_info", "gauge", "Always 1; labels name the versions running.",
+    ("version", "python_version", "kombu_version"),
+)  # fmt: skip
+EVENTS = MetricDef(
+    "celery_exporter_events_total", "counter",
+    "Events applied, by event type (other: types not tracked).", ("type",),
+)  # fmt: skip
+EVENTS_DROPPED = MetricDef(
+    "celery_exporter_events_dropped_total", "counter",
+    "Event messages or events refused, by reason.", ("reason",),
+)  # fmt: skip
+STATE_EVICTIONS = MetricDef(
+    "celery_exporter_state_evictions_total", "counter",
+    "Task ids forgotten, by reason (capacity: the map was full; ttl: idle too long).",
+    ("reason",),
+)  # fmt: skip
+TRACKED_TASKS = MetricDef(
+    "celery_exporter_tracked_tasks", "gauge", "Task ids currently remembered for correlation."
+)
+LABEL_OVERFLOW = MetricDef(
+    "celery_exporter_label_overflow_total", "counter",
+    "Label values folded into 'other' because the label's limit was reached.", ("label",),
+)  # fmt: skip
+SOURCE_UP = MetricDef(
+    "celery_exporter_source_up", "gauge",
+    "1 while the source is connected to the broker.", ("source",),
+)  # fmt: skip
+SOURCE_RECONNECTS = MetricDef(
+    "celery_exporter_source_reconnects_total", "counter",
+    "Connections re-established after the broker connection was lost.", ("source",),
+)  # fmt: skip
+EVENT_BUFFER = MetricDef(
+    "celery_exporter_event_buffer_bytes", "gauge",
+    "Bytes read from the broker and not yet decoded.",
+)  # fmt: skip
+LAST_EVENT = MetricDef(
+    "celery_exporter_last_event_timestamp_seconds", "gauge",
+    "Timestamp (unix time) of the last event applied, as its sender stamped it.",
+)  # fmt: skip
+EVENT_LAG = MetricDef(
+    "celery_exporter_event_lag_seconds", "gauge",
+    "Receive time minus sender timestamp of the last event applied.",
+)  # fmt: skip
+INSPECTIONS = MetricDef(
+    "celery_exporter_inspections_total", "counter",
+    "Worker inspections (broadcasts) made, by result.", ("result",),
+)  # fmt: skip
+COLLECTOR_SUCCESS = MetricDef(
+    "celery_exporter_collector_success", "gauge",
+    "1 when the collector's last scrape succeeded.", ("collector",),
+)  # fmt: skip
+COLLECTOR_DURATION = MetricDef(
+    "celery_exporter_collector_duration_seconds", "gauge",
+    "How long the collector's last scrape took.", ("collector",),
+)  # fmt: skip
+
+ALL: Sequence[MetricDef] = tuple(
+    value for value in list(globals().values()) if isinstance(value, MetricDef)
+)

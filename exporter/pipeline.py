@@ -1,0 +1,173 @@
+"""Decode to state: the single entry point event sources feed, and the lock scrapes share.
+
+Sources hand over whole batches (everything one socket read produced), so the lock is taken once
+per batch rather than once per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from exporter.events.decode import decode_body, decode_redis_message
+from exporter.events.model import (
+    WORKER_HEARTBEAT,
+    Decoded,
+    Dropped,
+    DropReason,
+    TaskEvent,
+    WorkerEvent,
+)
+from exporter.state.routing import QueueResolver
+from exporter.state.tasks import TaskSnapshot, TaskState
+from exporter.state.workers import WorkerSnapshot, WorkerState
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class PipelineStats(NamedTuple):
+    """The pipeline's own health, copied under the lock."""
+
+    events: dict[str, int]
+    dropped: dict[str, int]
+    last_event_at: float | None
+    last_event_lag: float | None
+    tracked_tasks: int
+    evictions: dict[str, int]
+    label_overflows: dict[str, int]
+    workers_over_limit: int
+
+
+class EventPipeline:
+    """Decodes raw messages and applies the events to task and worker state."""
+
+    def __init__(
+        self,
+        *,
+        tasks: TaskState,
+        workers: WorkerState,
+        resolver: QueueResolver,
+        clock: Clock,
+        max_event_bytes: int,
+        on_new_worker: Callable[[str], None] | None = None,
+    ) -> None:
+        self.tasks = tasks
+        self.workers = workers
+        self._resolver = resolver
+        self._clock = clock
+        self._max_event_bytes = max_event_bytes
+        self._on_new_worker = on_new_worker
+        self.lock = threading.Lock()
+        self._events: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}
+        self._last_event_at: float | None = None
+        self._last_event_lag: float | None = None
+
+    def feed_redis(self, messages: Iterable[bytes]) -> None:
+        """Apply kombu Redis envelopes, as published on the event channel."""
+        limit = self._max_event_bytes
+        decoded: list[Decoded] = []
+        for raw in messages:
+            decoded += decode_redis_message(raw, limit)
+        self.apply(decoded)
+
+    def feed_body(self, body: bytes, content_type: str | None) -> None:
+        """Apply one AMQP message body of the given content type."""
+        self.apply(decode_body(body, content_type, self._max_event_bytes))
+
+    def apply(self, decoded: list[Decoded]) -> None:
+        """Apply decoded events and count refusals, all under one lock acquisition."""
+        if not decoded:
+            return
+        now = self._clock()
+        new_workers: list[str] = []
+        events = self._events
+        apply_task = self.tasks.apply
+        last: TaskEvent | WorkerEvent | None = None
+        with self.lock:
+            for item in decoded:
+                kind = type(item)
+                if kind is TaskEvent:
+                    apply_task(item, now)  # type: ignore[arg-type]  # narrowed by kind
+                    last = item  # type: ignore[assignment]  # narrowed by kind
+                elif kind is WorkerEvent:
+                    self._apply_worker(item, now, new_workers)  # type: ignore[arg-type]
+                    last = item  # type: ignore[assignment]  # narrowed by kind
+                elif kind is Dropped:
+                    self._drop(item)  # type: ignore[arg-type]  # narrowed by kind
+                    continue
+                etype = item.type  # type: ignore[union-attr]  # Dropped handled above
+                events[etype] = events.get(etype, 0) + 1
+            if last is not None:
+                self._last_event_at = last.timestamp
+                self._last_event_lag = now - last.timestamp
+        if self._on_new_worker is not None:
+            for hostname in new_workers:
+                self._on_new_worker(hostname)
+
+    def _apply_worker(self, event: WorkerEvent, now: float, new_workers: list[str]) -> None:
+        if self.workers.apply(event, now):
+            new_workers.append(event.hostname)
+        if event.type == WORKER_HEARTBEAT and event.active == 0:
+            # Nothing runs there: a task still listed as running lost its final event.
+            self.tasks.forget_running(event.hostname, started_before=event.timestamp)
+
+    def _drop(self, dropped: Dropped) -> None:
+        reason = dropped.reason.value
+        seen = self._dropped.get(reason, 0)
+        self._dropped[reason] = seen + 1
+        # The first of each reason is worth a warning; a flood of them must not flood the log.
+        log.log(
+            logging.WARNING if seen == 0 else logging.DEBUG,
+            "dropped an event message (%s): %s; further ones are logged at DEBUG",
+            reason,
+            dropped.detail,
+        )
+
+    def drop_unreadable(self, detail: str) -> None:
+        """Count a message the source could not even frame."""
+        with self.lock:
+            self._drop(Dropped(DropReason.MALFORMED_ENVELOPE, detail))
+
+    def sweep(self) -> None:
+        """Periodic upkeep: release overdue held events, expire idle ids, retire workers."""
+        now = self._clock()
+        with self.lock:
+            self.tasks.sweep(now)
+            for hostname in self.workers.sweep(now):
+                self.tasks.forget_running(hostname)
+                self._resolver.forget_worker(hostname)
+
+    def live_workers(self) -> int:
+        now = self._clock()
+        with self.lock:
+            return self.workers.live_count(now)
+
+    def task_snapshot(self) -> TaskSnapshot:
+        """Copy task state for a scrape; rendering happens outside the lock."""
+        with self.lock:
+            return self.tasks.snapshot()
+
+    def worker_snapshot(self) -> tuple[float, list[WorkerSnapshot]]:
+        """Copy worker state for a scrape, with the time it was judged at."""
+        now = self._clock()
+        with self.lock:
+            return now, self.workers.snapshot(now)
+
+    def stats(self) -> PipelineStats:
+        """Copy the pipeline's own counters for a scrape."""
+        with self.lock:
+            return PipelineStats(
+                events=dict(self._events),
+                dropped=dict(self._dropped),
+                last_event_at=self._last_event_at,
+                last_event_lag=self._last_event_lag,
+                tracked_tasks=self.tasks.tracked,
+                evictions=self.tasks.evictions,
+                label_overflows=self.tasks.labels.overflows(),
+                workers_over_limit=self.workers.dropped_over_limit,
+            )

@@ -1,0 +1,327 @@
+"""Task state: uuid correlation, per-label counters and histograms, running tasks.
+
+Only task-sent and task-received name the task, so later events are joined to them by uuid through
+a bounded map. Events of a uuid whose name is not known yet (started arriving before received,
+or a task-sent that is late) are held for ``name_wait`` seconds and counted once the name comes,
+or as ``unknown`` when it does not. Counters are plain dicts keyed by label tuples: the per-event
+cost is a dict update, and families are built at scrape time.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import NamedTuple, TypeVar
+
+from exporter.events.model import (
+    TASK_FAILED,
+    TASK_RECEIVED,
+    TASK_REJECTED,
+    TASK_RETRIED,
+    TASK_REVOKED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    TaskEvent,
+)
+from exporter.state.bounded import BoundedMap
+from exporter.state.labels import UNKNOWN, TaskLabels, exception_class
+from exporter.state.routing import QueueResolver
+
+# Label tuples: (task, queue), (task, queue, worker), (task, queue, worker, exception|state).
+Key2 = tuple[str, str]
+Key3 = tuple[str, str, str]
+Key4 = tuple[str, str, str, str]
+
+
+class Histogram:
+    """Per-bucket (not cumulative) counts and a sum; cumulated at scrape time."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.total = 0.0
+
+
+class HistogramSnapshot(NamedTuple):
+    counts: list[int]
+    total: float
+
+
+class RunningTask(NamedTuple):
+    task: str
+    queue: str
+    hostname: str
+    started_at: float  # the worker's clock, for durations
+    seen_at: float  # ours, for ages
+
+
+class _Record:
+    """What is remembered of one task id between its events."""
+
+    __slots__ = ("enqueued_at", "eta", "name", "pending", "queue", "sent", "started_at")
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.queue: str | None = None
+        self.enqueued_at: float | None = None
+        self.eta: float | None = None
+        self.sent = False  # this attempt's enqueue time came from task-sent
+        self.started_at: float | None = None
+        self.pending: list[TaskEvent] | None = None
+
+
+def parse_eta(text: str | None) -> float | None:
+    """Unix time of an ISO-8601 ETA (naive means UTC); None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class TaskSnapshot(NamedTuple):
+    """A consistent copy of everything the task collector renders."""
+
+    sent: dict[Key2, int]
+    received: dict[Key3, int]
+    started: dict[Key3, int]
+    succeeded: dict[Key3, int]
+    failed: dict[Key4, int]
+    retried: dict[Key3, int]
+    rejected: dict[Key3, int]
+    revoked: dict[Key3, int]
+    duration: dict[Key4, HistogramSnapshot]
+    queue_wait: dict[Key3, HistogramSnapshot]
+    running: list[RunningTask]
+
+
+K = TypeVar("K")
+
+
+def _copy_histograms(source: dict[K, Histogram]) -> dict[K, HistogramSnapshot]:
+    return {key: HistogramSnapshot(list(h.counts), h.total) for key, h in source.items()}
+
+
+class TaskState:
+    """Applies task events; not thread-safe on its own (the pipeline holds the lock)."""
+
+    def __init__(
+        self,
+        *,
+        labels: TaskLabels,
+        resolver: QueueResolver,
+        max_tasks: int,
+        ttl: float,
+        name_wait: float,
+        duration_buckets: Sequence[float],
+        queue_wait_buckets: Sequence[float],
+    ) -> None:
+        self.labels = labels
+        self._resolver = resolver
+        self._name_wait = name_wait
+        self.duration_buckets = tuple(duration_buckets)
+        self.queue_wait_buckets = tuple(queue_wait_buckets)
+        self._records: BoundedMap[str, _Record] = BoundedMap(
+            max_size=max_tasks, ttl=ttl, on_evict=self._on_evict
+        )
+        self._held: dict[str, float] = {}  # uuid -> when its first event was held back
+        self.sent: dict[Key2, int] = {}
+        self.received: dict[Key3, int] = {}
+        self.started: dict[Key3, int] = {}
+        self.succeeded: dict[Key3, int] = {}
+        self.failed: dict[Key4, int] = {}
+        self.retried: dict[Key3, int] = {}
+        self.rejected: dict[Key3, int] = {}
+        self.revoked: dict[Key3, int] = {}
+        self.duration: dict[Key4, Histogram] = {}
+        self.queue_wait: dict[Key3, Histogram] = {}
+        self.running: dict[str, RunningTask] = {}
+        self._counters: dict[str, dict[Key3, int]] = {
+            TASK_RECEIVED: self.received,
+            TASK_STARTED: self.started,
+            TASK_SUCCEEDED: self.succeeded,
+            TASK_RETRIED: self.retried,
+            TASK_REJECTED: self.rejected,
+            TASK_REVOKED: self.revoked,
+        }
+
+    # --- events ---
+
+    def apply(self, event: TaskEvent, now: float) -> None:
+        """Account for one task event received at ``now`` (our clock)."""
+        record = self._records.get(event.uuid, now)
+        if record is None:
+            record = _Record()
+            self._records.put(event.uuid, record, now)
+        kind = event.type
+        if kind == TASK_SENT:
+            self._on_sent(record, event)
+        elif kind == TASK_RECEIVED:
+            self._on_received(record, event)
+        elif record.name is None:
+            if record.pending is None:
+                record.pending = []
+                self._held[event.uuid] = now
+            record.pending.append(event)
+            return
+        else:
+            self._count(record, event, now)
+            return
+        if record.pending is not None:
+            self._release(event.uuid, record, now)
+
+    def _on_sent(self, record: _Record, event: TaskEvent) -> None:
+        if event.name:
+            record.name = event.name
+        if event.queue:
+            record.queue = self.labels.queue(event.queue)
+        record.enqueued_at = event.timestamp
+        record.sent = True
+        record.eta = parse_eta(event.eta)
+        key = (self.labels.task(record.name or UNKNOWN), record.queue or UNKNOWN)
+        self.sent[key] = self.sent.get(key, 0) + 1
+
+    def _on_received(self, record: _Record, event: TaskEvent) -> None:
+        if event.name:
+            record.name = event.name
+        if not record.sent:
+            # task-sent is earlier and says when the task entered the queue; received only
+            # stands in for it when the producer sends no task-sent.
+            record.enqueued_at = event.timestamp
+            record.eta = parse_eta(event.eta)
+        self._count(record, event, 0.0)
+
+    def _labels(self, record: _Record, hostname: str) -> Key3:
+        if record.queue is None:
+            resolved = self._resolver.resolve(record.name, hostname)
+            record.queue = self.labels.queue(resolved) if resolved else UNKNOWN
+        return (
+            self.labels.task(record.name) if record.name else UNKNOWN,
+            record.queue,
+            self.labels.worker(hostname),
+        )
+
+    def _count(self, record: _Record, event: TaskEvent, now: float) -> None:
+        key = self._labels(record, event.hostname)
+        kind = event.type
+        if kind == TASK_FAILED:
+            fkey = (*key, self.labels.exception(exception_class(event.exception)))
+            self.failed[fkey] = self.failed.get(fkey, 0) + 1
+        else:
+            counter = self._counters[kind]
+            counter[key] = counter.get(key, 0) + 1
+        if kind == TASK_STARTED:
+            self._on_started(record, event, key, now)
+        elif kind == TASK_SUCCEEDED:
+            runtime = event.runtime
+            if runtime is None and record.started_at is not None:
+                runtime = event.timestamp - record.started_at
+            if runtime is not None:
+                self._observe_duration((*key, "succeeded"), runtime)
+            self._finish(record, event.uuid)
+        elif kind == TASK_FAILED:
+            if record.started_at is not None:
+                self._observe_duration((*key, "failed"), event.timestamp - record.started_at)
+            self._finish(record, event.uuid)
+        elif kind != TASK_RECEIVED:  # retried, rejected, revoked end this attempt
+            self._finish(record, event.uuid)
+
+    def _on_started(self, record: _Record, event: TaskEvent, key: Key3, now: float) -> None:
+        record.started_at = event.timestamp
+        self.running[event.uuid] = RunningTask(key[0], key[1], event.hostname, event.timestamp, now)
+        if record.enqueued_at is None:
+            return
+        since = record.enqueued_at if record.eta is None else max(record.enqueued_at, record.eta)
+        hist = self.queue_wait.get(key)
+        if hist is None:
+            hist = self.queue_wait[key] = Histogram(len(self.queue_wait_buckets) + 1)
+        wait = max(0.0, event.timestamp - since)
+        hist.counts[bisect_left(self.queue_wait_buckets, wait)] += 1
+        hist.total += wait
+        record.enqueued_at = record.eta = None
+        record.sent = False
+
+    def _observe_duration(self, key: Key4, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        hist = self.duration.get(key)
+        if hist is None:
+            hist = self.duration[key] = Histogram(len(self.duration_buckets) + 1)
+        hist.counts[bisect_left(self.duration_buckets, seconds)] += 1
+        hist.total += seconds
+
+    def _finish(self, record: _Record, uuid: str) -> None:
+        record.started_at = None
+        self.running.pop(uuid, None)
+
+    def _release(self, uuid: str, record: _Record, now: float) -> None:
+        """Count the events held back for ``uuid`` now that its name is known or overdue."""
+        held, record.pending = record.pending or [], None
+        self._held.pop(uuid, None)
+        for event in held:
+            self._count(record, event, now)
+
+    def _on_evict(self, uuid: str, record: _Record) -> None:
+        if record.pending is not None:
+            self._release(uuid, record, 0.0)
+
+    # --- upkeep ---
+
+    def sweep(self, now: float) -> None:
+        """Count held events whose name never came, then forget idle task ids."""
+        deadline = now - self._name_wait
+        held = self._held
+        while held:
+            uuid, since = next(iter(held.items()))
+            if since > deadline:
+                break
+            record = self._records.peek(uuid)
+            if record is None:
+                del held[uuid]
+            else:
+                self._release(uuid, record, now)
+        self._records.expire(now)
+
+    def forget_running(self, hostname: str, started_before: float | None = None) -> None:
+        """Drop running tasks of a worker that left, or that reports none active since then."""
+        stale = [
+            uuid
+            for uuid, task in self.running.items()
+            if task.hostname == hostname
+            and (started_before is None or task.started_at < started_before)
+        ]
+        for uuid in stale:
+            del self.running[uuid]
+
+    # --- reading ---
+
+    @property
+    def tracked(self) -> int:
+        return len(self._records)
+
+    @property
+    def evictions(self) -> dict[str, int]:
+        return {"capacity": self._records.evicted_capacity, "ttl": self._records.evicted_ttl}
+
+    def snapshot(self) -> TaskSnapshot:
+        """Copy everything a scrape needs; call with the lock held, render without it."""
+
+        return TaskSnapshot(
+            sent=dict(self.sent),
+            received=dict(self.received),
+            started=dict(self.started),
+            succeeded=dict(self.succeeded),
+            failed=dict(self.failed),
+            retried=dict(self.retried),
+            rejected=dict(self.rejected),
+            revoked=dict(self.revoked),
+            duration=_copy_histograms(self.duration),
+            queue_wait=_copy_histograms(self.queue_wait),
+            running=list(self.running.values()),
+        )
