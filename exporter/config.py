@@ -1,8 +1,8 @@
 """Settings: one typed model fed by flags, environment variables and a config file.
 
-Every field is a flag (``--field-name``) and an environment variable (``CELERY_EXPORTER_FIELD_NAME``);
-``cli.py`` builds the flags from this model, and the README table is checked against it, so this
-file is the one place an option is defined.
+Every field is a flag (``--field-name``) and an environment variable
+(``CELERY_EXPORTER_FIELD_NAME``); ``cli.py`` builds the flags from this model and the README
+table is checked against it, so this file is the one place an option is defined.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     # --- task metrics ---
     worker_label: WorkerLabel = Field(
         default=WorkerLabel.FULL,
-        description="worker label of task metrics: full nodename, host part, group (regex) or none.",
+        description="worker label of task metrics: full nodename, host part, regex group or none.",
     )
     worker_label_regex: str | None = Field(
         default=None,
