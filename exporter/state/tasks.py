@@ -2,8 +2,8 @@
 
 Only task-sent and task-received name the task, so later events are joined to them by uuid through
 a bounded map. Events of a uuid whose name is not known yet (started arriving before received,
-or a task-sent that is late) are held for ``name_wait`` seconds and counted once the name comes,
-or as ``unknown`` when it does not. Counters are plain dicts keyed by label tuples: the per-event
+or a task-sent that is late) are held for ``name_wait`` seconds and counted once the name (and,
+where producers send task-sent, the queue) comes, or with ``unknown`` when it does not. Counters are plain dicts keyed by label tuples: the per-event
 cost is a dict update, and families are built at scrape time.
 """
 
@@ -132,6 +132,7 @@ class TaskState:
             max_size=max_tasks, ttl=ttl, on_evict=self._on_evict
         )
         self._held: dict[str, float] = {}  # uuid -> when its first event was held back
+        self._sent_names: set[str] = set()  # task labels whose producers send task-sent
         self.sent: dict[Key2, int] = {}
         self.received: dict[Key3, int] = {}
         self.started: dict[Key3, int] = {}
@@ -164,17 +165,14 @@ class TaskState:
         if kind == TASK_SENT:
             self._on_sent(record, event)
         elif kind == TASK_RECEIVED:
-            self._on_received(record, event)
-        elif record.name is None:
-            if record.pending is None:
-                record.pending = []
-                self._held[event.uuid] = now
-            record.pending.append(event)
+            self._on_received(record, event, now)
+        elif record.name is None or record.pending is not None:
+            self._hold(event, record, now)
             return
         else:
             self._count(record, event, now)
             return
-        if record.pending is not None:
+        if record.pending is not None and not self._awaits_sent(record):
             self._release(event.uuid, record, now)
 
     def _on_sent(self, record: _Record, event: TaskEvent) -> None:
@@ -187,8 +185,9 @@ class TaskState:
         record.eta = parse_eta(event.eta)
         key = (self.labels.task(record.name or UNKNOWN), record.queue or UNKNOWN)
         self.sent[key] = self.sent.get(key, 0) + 1
+        self._sent_names.add(key[0])
 
-    def _on_received(self, record: _Record, event: TaskEvent) -> None:
+    def _on_received(self, record: _Record, event: TaskEvent, now: float) -> None:
         if event.name:
             record.name = event.name
         if not record.sent:
@@ -196,7 +195,30 @@ class TaskState:
             # stands in for it when the producer sends no task-sent.
             record.enqueued_at = event.timestamp
             record.eta = parse_eta(event.eta)
-        self._count(record, event, 0.0)
+        if record.pending is not None or self._awaits_sent(record):
+            self._hold(event, record, now)
+        else:
+            self._count(record, event, now)
+
+    def _awaits_sent(self, record: _Record) -> bool:
+        """Whether a task-sent naming the queue is still to come for this record.
+
+        Celery publishes task-sent after the task message itself, so a fast worker's
+        task-received can arrive first. For task names whose producers are known to send
+        task-sent, the worker's events wait for it (up to ``name_wait``) so that every
+        counter of the task carries the queue task-sent names.
+        """
+        return (
+            record.queue is None
+            and record.name is not None
+            and self.labels.task(record.name) in self._sent_names
+        )
+
+    def _hold(self, event: TaskEvent, record: _Record, now: float) -> None:
+        if record.pending is None:
+            record.pending = []
+            self._held[event.uuid] = now
+        record.pending.append(event)
 
     def _labels(self, record: _Record, hostname: str) -> Key3:
         if record.queue is None:
