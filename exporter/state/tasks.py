@@ -3,8 +3,9 @@
 Only task-sent and task-received name the task, so later events are joined to them by uuid through
 a bounded map. Events of a uuid whose name is not known yet (started arriving before received,
 or a task-sent that is late) are held for ``name_wait`` seconds and counted once the name (and,
-where producers send task-sent, the queue) comes, or with ``unknown`` when it does not. Counters are plain dicts keyed by label tuples: the per-event
-cost is a dict update, and families are built at scrape time.
+where producers send task-sent, the queue) comes, or with ``unknown`` when it does not.
+Counters are plain dicts keyed by label tuples: the per-event cost is a dict update, and
+families are built at scrape time.
 """
 
 from __future__ import annotations
