@@ -50,9 +50,7 @@ class Daemon:
         )
         url = settings.resolved_broker_url()
         self.inspector: Inspector | None = None
-        inspections: InspectStats | None = None
         if settings.inspect_interval_seconds > 0:
-            inspections = InspectStats()
             self.inspector = Inspector(
                 broker_url=url,
                 transport_options=dict(settings.broker_transport_options),
@@ -60,15 +58,15 @@ class Daemon:
                 timeout=settings.inspect_timeout_seconds,
                 resolver=self.resolver,
                 live_workers=self._live_workers,
-                stats=inspections,
+                stats=InspectStats(),
             )
         self.pipeline = EventPipeline(
             tasks=tasks,
             workers=workers,
-            resolver=self.resolver,
             clock=clock,
             max_event_bytes=settings.max_event_bytes,
             on_new_worker=self.inspector.worker_appeared if self.inspector else None,
+            on_worker_gone=self._worker_gone,
         )
         self.source: EventSource = build_event_source(settings, self.pipeline)
         registry = build_registry(
@@ -76,13 +74,18 @@ class Daemon:
             pipeline=self.pipeline,
             resolver=self.resolver,
             sources=[self.source.status],
-            inspections=inspections,
+            inspector=self.inspector,
             clock=clock,
         )
         self.http = HttpServer(
             registry=registry, host=settings.host, port=settings.port, readiness=self.readiness
         )
         self.stop_event = asyncio.Event()
+
+    def _worker_gone(self, hostname: str) -> None:
+        self.resolver.forget_worker(hostname)
+        if self.inspector is not None:
+            self.inspector.forget_worker(hostname)
 
     def _live_workers(self) -> int:
         return self.pipeline.live_workers()

@@ -1,8 +1,9 @@
-"""Worker inspection: which queues each worker consumes, asked rarely and in the background.
+"""Worker inspection: queues, pool size and reserved tasks, asked rarely and in the background.
 
-One ``active_queues`` broadcast per interval, with ``limit`` set to the number of live workers so
-it returns as soon as they have all replied, plus a targeted one when a new worker appears. The
-answers feed the queue label of task metrics (see state/routing.py); a scrape never waits on them.
+Each round is three control broadcasts (``active_queues``, ``stats``, ``reserved``) with ``limit``
+set to the number of live workers, so each returns as soon as they have all replied; a round runs
+every interval and, targeted, when a new worker appears. The queues feed the queue label of task
+metrics (state/routing.py), the rest the worker metrics. A scrape never waits on them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,30 @@ def parse_active_queues(replies: Any) -> dict[str, tuple[str, ...]]:
     return parsed
 
 
+def parse_concurrency(replies: Any) -> dict[str, int]:
+    """``stats`` replies -> pool size per worker (``pool.max-concurrency``)."""
+    if not isinstance(replies, dict):
+        return {}
+    parsed: dict[str, int] = {}
+    for worker, stats in replies.items():
+        pool = stats.get("pool") if isinstance(stats, dict) else None
+        size = pool.get("max-concurrency") if isinstance(pool, dict) else None
+        if isinstance(worker, str) and type(size) is int and size >= 0:
+            parsed[worker] = size
+    return parsed
+
+
+def parse_reserved(replies: Any) -> dict[str, int]:
+    """``reserved`` replies -> number of prefetched, not yet started requests per worker."""
+    if not isinstance(replies, dict):
+        return {}
+    return {
+        worker: len(requests)
+        for worker, requests in replies.items()
+        if isinstance(worker, str) and isinstance(requests, list)
+    }
+
+
 class Inspector:
     """Keeps ``resolver.worker_queues`` fresh from periodic and on-arrival inspections."""
 
@@ -73,6 +98,9 @@ class Inspector:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._app: Any = None
+        # Swapped whole by the inspecting thread, read by scrapes.
+        self.concurrency: dict[str, int] = {}
+        self.reserved: dict[str, int] = {}
 
     def worker_appeared(self, hostname: str) -> None:
         """Called from the event thread when a worker is seen for the first time."""
@@ -118,9 +146,16 @@ class Inspector:
             timeout=self._timeout, limit=limit, destination=destination
         )
         queues = parse_active_queues(inspect.active_queues())
-        self.stats.add("ok")
         self._resolver.set_worker_queues(queues)
+        self.concurrency = {**self.concurrency, **parse_concurrency(inspect.stats())}
+        self.reserved = {**self.reserved, **parse_reserved(inspect.reserved())}
+        self.stats.add("ok")
         log.debug("inspected %d worker(s): %s", len(queues), queues)
+
+    def forget_worker(self, worker: str) -> None:
+        """Drop what was learned of a worker that left for good."""
+        self.concurrency = {w: n for w, n in self.concurrency.items() if w != worker}
+        self.reserved = {w: n for w, n in self.reserved.items() if w != worker}
 
     def close(self) -> None:
         if self._app is not None:

@@ -20,7 +20,6 @@ from exporter.events.model import (
     TaskEvent,
     WorkerEvent,
 )
-from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskSnapshot, TaskState
 from exporter.state.workers import WorkerSnapshot, WorkerState
 
@@ -50,17 +49,17 @@ class EventPipeline:
         *,
         tasks: TaskState,
         workers: WorkerState,
-        resolver: QueueResolver,
         clock: Clock,
         max_event_bytes: int,
         on_new_worker: Callable[[str], None] | None = None,
+        on_worker_gone: Callable[[str], None] | None = None,
     ) -> None:
         self.tasks = tasks
         self.workers = workers
-        self._resolver = resolver
         self._clock = clock
         self._max_event_bytes = max_event_bytes
         self._on_new_worker = on_new_worker
+        self._on_worker_gone = on_worker_gone
         self.lock = threading.Lock()
         self._events: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
@@ -138,9 +137,18 @@ class EventPipeline:
         now = self._clock()
         with self.lock:
             self.tasks.sweep(now)
-            for hostname in self.workers.sweep(now):
+            gone = self.workers.sweep(now)
+            for hostname in gone:
                 self.tasks.forget_running(hostname)
-                self._resolver.forget_worker(hostname)
+        if self._on_worker_gone is not None:
+            for hostname in gone:
+                self._on_worker_gone(hostname)
+
+    def _dropped_with_duplicates(self) -> dict[str, int]:
+        dropped = dict(self._dropped)
+        if self.tasks.duplicates:
+            dropped[DropReason.DUPLICATE.value] = self.tasks.duplicates
+        return dropped
 
     def live_workers(self) -> int:
         now = self._clock()
@@ -163,7 +171,7 @@ class EventPipeline:
         with self.lock:
             return PipelineStats(
                 events=dict(self._events),
-                dropped=dict(self._dropped),
+                dropped=self._dropped_with_duplicates(),
                 last_event_at=self._last_event_at,
                 last_event_lag=self._last_event_lag,
                 tracked_tasks=self.tasks.tracked,

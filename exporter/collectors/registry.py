@@ -12,7 +12,7 @@ from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import Settings
 from exporter.events.status import SourceStatus
-from exporter.inspect import InspectStats
+from exporter.inspect import Inspector
 from exporter.pipeline import EventPipeline
 from exporter.state.routing import QueueResolver
 
@@ -23,7 +23,7 @@ def build_registry(
     pipeline: EventPipeline,
     resolver: QueueResolver,
     sources: Sequence[SourceStatus],
-    inspections: InspectStats | None,
+    inspector: Inspector | None,
     clock: Callable[[], float],
 ) -> CollectorRegistry:
     """A registry holding the enabled collectors, each isolated, self-metrics last."""
@@ -33,12 +33,17 @@ def build_registry(
     if settings.collector_tasks:
         enabled.append(("tasks", TaskCollector(pipeline=pipeline, clock=clock)))
     if settings.collector_workers:
-        enabled.append(("workers", WorkerCollector(pipeline=pipeline, resolver=resolver)))
+        enabled.append(
+            ("workers", WorkerCollector(pipeline=pipeline, resolver=resolver, inspector=inspector))
+        )
     enabled.append(
         (
             "exporter",
             ExporterCollector(
-                pipeline=pipeline, sources=sources, results=results, inspections=inspections
+                pipeline=pipeline,
+                sources=sources,
+                results=results,
+                inspections=inspector.stats if inspector else None,
             ),
         )
     )

@@ -51,6 +51,7 @@ class TaskCollector:
             (defs.TASK_RETRIED, snap.retried),
             (defs.TASK_REJECTED, snap.rejected),
             (defs.TASK_REVOKED, snap.revoked),
+            (defs.TASK_TIMEOUTS, snap.timeouts),
         ):
             family = definition.counter()
             for labels, value in values.items():

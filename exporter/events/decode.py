@@ -16,6 +16,7 @@ import orjson
 from exporter.events.model import (
     KNOWN_TYPES,
     OTHER_TYPE,
+    TASK_FAILED,
     TASK_TYPES,
     WORKER_TYPES,
     Decoded,
@@ -52,6 +53,7 @@ if _msgpack is not None:
     _BODY_LOADERS[MSGPACK] = _msgpack
 
 SAFE_CONTENT_TYPES = frozenset(_BODY_LOADERS)
+_WRAPPER = "ExceptionWithTraceback"
 
 
 def decode_redis_message(raw: bytes, max_bytes: int) -> list[Decoded]:
@@ -118,6 +120,22 @@ def _text(value: Any) -> str | None:
     return value if type(value) is str else None
 
 
+def _exception(obj: dict[str, Any]) -> str | None:
+    """The exception repr, or the class named by the traceback's last line when the repr
+    only names the wrapper: Celery 5.7 reports hard time limits as ExceptionWithTraceback().
+    """
+    text = obj.get("exception")
+    if type(text) is not str:
+        return None
+    if text.startswith(_WRAPPER):
+        traceback = obj.get("traceback")
+        if type(traceback) is str:
+            last = traceback.rstrip().rpartition("\n")[2]
+            if ":" in last:
+                return last.partition(":")[0].strip()
+    return text
+
+
 def parse_event(obj: Any) -> Decoded:
     """Validate one event dict and build its typed form; wrong optional fields become None."""
     if type(obj) is not dict:
@@ -140,7 +158,7 @@ def parse_event(obj: Any) -> Decoded:
             _text(obj.get("queue")),
             _text(obj.get("eta")),
             _number(obj.get("runtime")),
-            _text(obj.get("exception")),
+            _exception(obj) if etype == TASK_FAILED else None,
         )
     if etype in WORKER_TYPES:
         freq = _number(obj.get("freq"))

@@ -80,6 +80,7 @@ class DropReason(enum.StrEnum):
     UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
     INVALID_EVENT = "invalid_event"
     OVERSIZED = "oversized"
+    DUPLICATE = "duplicate"  # an attempt's end event seen again (not counted twice)
 
 
 class Dropped(NamedTuple):

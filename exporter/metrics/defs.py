@@ -72,6 +72,11 @@ TASK_REJECTED = MetricDef(
 TASK_REVOKED = MetricDef(
     "celery_task_revoked_total", "counter", "Tasks revoked (task-revoked).", TASK
 )
+TASK_TIMEOUTS = MetricDef(
+    "celery_task_timeouts_total", "counter",
+    "Tasks that hit a time limit (also counted as failed): kind soft or hard.",
+    ("task", "queue", "kind"),
+)  # fmt: skip
 TASK_DURATION = MetricDef(
     "celery_task_duration_seconds", "histogram",
     "Task run time: the worker's runtime when it succeeded, started to failed when it failed.",
@@ -115,6 +120,15 @@ WORKER_TASKS_PROCESSED = MetricDef(
 WORKER_LOAD1 = MetricDef(
     "celery_worker_load1", "gauge", "One-minute load average of the worker's host.", ("worker",)
 )
+WORKER_CONCURRENCY = MetricDef(
+    "celery_worker_concurrency", "gauge",
+    "Pool size of the worker (max concurrency), as learned by inspection.", ("worker",),
+)  # fmt: skip
+WORKER_TASKS_RESERVED = MetricDef(
+    "celery_worker_tasks_reserved", "gauge",
+    "Tasks prefetched by the worker and not started, sampled at the last inspection.",
+    ("worker",),
+)  # fmt: skip
 WORKER_CONSUMING = MetricDef(
     "celery_worker_consuming", "gauge",
     "1 for each queue the worker consumes, as learned by inspection.", ("worker", "queue"),

@@ -30,6 +30,10 @@ from exporter.state.bounded import BoundedMap
 from exporter.state.labels import UNKNOWN, TaskLabels, exception_class
 from exporter.state.routing import QueueResolver
 
+# Celery reports time limits as task-failed with these exceptions: the hard limit kills the
+# pool process (TimeLimitExceeded), the soft one raises inside the task.
+TIMEOUT_KINDS = {"TimeLimitExceeded": "hard", "SoftTimeLimitExceeded": "soft"}
+
 # Label tuples: (task, queue), (task, queue, worker), (task, queue, worker, exception|state).
 Key2 = tuple[str, str]
 Key3 = tuple[str, str, str]
@@ -62,7 +66,7 @@ class RunningTask(NamedTuple):
 class _Record:
     """What is remembered of one task id between its events."""
 
-    __slots__ = ("enqueued_at", "eta", "name", "pending", "queue", "sent", "started_at")
+    __slots__ = ("ended", "enqueued_at", "eta", "name", "pending", "queue", "sent", "started_at")
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -72,6 +76,7 @@ class _Record:
         self.sent = False  # this attempt's enqueue time came from task-sent
         self.started_at: float | None = None
         self.pending: list[TaskEvent] | None = None
+        self.ended: str | None = None  # the event type that ended this attempt
 
 
 def parse_eta(text: str | None) -> float | None:
@@ -98,6 +103,7 @@ class TaskSnapshot(NamedTuple):
     retried: dict[Key3, int]
     rejected: dict[Key3, int]
     revoked: dict[Key3, int]
+    timeouts: dict[Key3, int]
     duration: dict[Key4, HistogramSnapshot]
     queue_wait: dict[Key3, HistogramSnapshot]
     running: list[RunningTask]
@@ -142,9 +148,11 @@ class TaskState:
         self.retried: dict[Key3, int] = {}
         self.rejected: dict[Key3, int] = {}
         self.revoked: dict[Key3, int] = {}
+        self.timeouts: dict[Key3, int] = {}  # (task, queue, kind)
         self.duration: dict[Key4, Histogram] = {}
         self.queue_wait: dict[Key3, Histogram] = {}
         self.running: dict[str, RunningTask] = {}
+        self.duplicates = 0  # repeated end events of one attempt, not counted again
         self._counters: dict[str, dict[Key3, int]] = {
             TASK_RECEIVED: self.received,
             TASK_STARTED: self.started,
@@ -232,11 +240,20 @@ class TaskState:
         )
 
     def _count(self, record: _Record, event: TaskEvent, now: float) -> None:
-        key = self._labels(record, event.hostname)
         kind = event.type
+        if kind == record.ended:
+            # Celery 5.7 sends task-failed twice for a hard time limit (pool and request).
+            self.duplicates += 1
+            return
+        key = self._labels(record, event.hostname)
         if kind == TASK_FAILED:
-            fkey = (*key, self.labels.exception(exception_class(event.exception)))
+            exception = exception_class(event.exception)
+            fkey = (*key, self.labels.exception(exception))
             self.failed[fkey] = self.failed.get(fkey, 0) + 1
+            timeout = TIMEOUT_KINDS.get(exception)
+            if timeout is not None:
+                tkey = (key[0], key[1], timeout)
+                self.timeouts[tkey] = self.timeouts.get(tkey, 0) + 1
         else:
             counter = self._counters[kind]
             counter[key] = counter.get(key, 0) + 1
@@ -248,16 +265,17 @@ class TaskState:
                 runtime = event.timestamp - record.started_at
             if runtime is not None:
                 self._observe_duration((*key, "succeeded"), runtime)
-            self._finish(record, event.uuid)
+            self._finish(record, event.uuid, kind)
         elif kind == TASK_FAILED:
             if record.started_at is not None:
                 self._observe_duration((*key, "failed"), event.timestamp - record.started_at)
-            self._finish(record, event.uuid)
+            self._finish(record, event.uuid, kind)
         elif kind != TASK_RECEIVED:  # retried, rejected, revoked end this attempt
-            self._finish(record, event.uuid)
+            self._finish(record, event.uuid, kind)
 
     def _on_started(self, record: _Record, event: TaskEvent, key: Key3, now: float) -> None:
         record.started_at = event.timestamp
+        record.ended = None
         self.running[event.uuid] = RunningTask(key[0], key[1], event.hostname, event.timestamp, now)
         if record.enqueued_at is None:
             return
@@ -279,7 +297,8 @@ class TaskState:
         hist.counts[bisect_left(self.duration_buckets, seconds)] += 1
         hist.total += seconds
 
-    def _finish(self, record: _Record, uuid: str) -> None:
+    def _finish(self, record: _Record, uuid: str, kind: str) -> None:
+        record.ended = kind
         record.started_at = None
         self.running.pop(uuid, None)
 
@@ -344,6 +363,7 @@ class TaskState:
             retried=dict(self.retried),
             rejected=dict(self.rejected),
             revoked=dict(self.revoked),
+            timeouts=dict(self.timeouts),
             duration=_copy_histograms(self.duration),
             queue_wait=_copy_histograms(self.queue_wait),
             running=list(self.running.values()),
