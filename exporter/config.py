@@ -40,6 +40,14 @@ class WorkerLabel(enum.StrEnum):
     NONE = "none"
 
 
+class HeartbeatFormat(enum.StrEnum):
+    """How the Beat heartbeat key's value is written."""
+
+    AUTO = "auto"
+    UNIX = "unix"
+    ISO8601 = "iso8601"
+
+
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -210,9 +218,56 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How long an inspection waits for replies."
     )
 
+    # --- Beat ---
+    beat_heartbeat_task: str | None = Field(
+        default="exporter.beat.heartbeat",
+        description="Task whose task-sent (else task-received) time is Beat's heartbeat "
+        "(source events); the default is the task exporter.beat ships. Empty: off.",
+    )
+    beat_redis_key: str | None = Field(
+        default=None,
+        description="Redis key holding Beat's last heartbeat (source redis_key); "
+        "exporter.beat's task writes celery_beat_heartbeat.",
+    )
+    beat_redis_key_format: HeartbeatFormat = Field(
+        default=HeartbeatFormat.AUTO,
+        description="Value of the heartbeat key: unix, iso8601 or auto.",
+    )
+    beat_redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis holding the heartbeat key and RedBeat's keys (default: the broker).",
+    )
+    beat_redbeat: bool = Field(
+        default=False, description="Watch RedBeat's lock and schedule (source redbeat)."
+    )
+    beat_redbeat_key_prefix: str = Field(
+        default="redbeat:", description="RedBeat's redbeat_key_prefix."
+    )
+    beat_redbeat_lock_key: str | None = Field(
+        default=None, description="RedBeat's lock key (default: <prefix>:lock)."
+    )
+    beat_redbeat_lock_timeout_seconds: float = Field(
+        default=1500.0,
+        gt=0,
+        description="RedBeat's lock timeout (redbeat_lock_timeout, else 5 times max_interval).",
+    )
+    beat_poll_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often the Redis Beat sources are read."
+    )
+    beat_max_heartbeat_age_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="celery_beat_up is 0 once the newest heartbeat is older than this.",
+    )
+    periodic_tasks: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='Periodic tasks to watch, JSON {"task name": expected interval seconds}.',
+    )
+
     # --- collectors ---
     collector_tasks: bool = Field(default=True, description="Export task metrics.")
     collector_workers: bool = Field(default=True, description="Export worker metrics.")
+    collector_beat: bool = Field(default=True, description="Export Beat and periodic task metrics.")
 
     @field_validator("task_duration_buckets", "task_queue_wait_buckets", mode="before")
     @classmethod
@@ -230,7 +285,7 @@ class Settings(BaseSettings):
             raise ValueError("buckets must be strictly increasing")
         return value
 
-    @field_validator("broker_transport_options", mode="before")
+    @field_validator("broker_transport_options", "periodic_tasks", mode="before")
     @classmethod
     def _parse_transport_options(cls, value: Any) -> Any:
         return _json_object(value)
@@ -267,7 +322,30 @@ class Settings(BaseSettings):
                 f"broker_url scheme {scheme!r} is not supported; use one of "
                 + ", ".join(sorted(SUPPORTED_SCHEMES))
             )
+        beat_scheme = self.resolved_beat_redis_url().split("://", 1)[0].lower()
+        if self.beat_redis_sources() and beat_scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                "beat_redis_key and beat_redbeat read Redis: set beat_redis_url "
+                "when the broker is not Redis"
+            )
         return self
+
+    @field_validator("periodic_tasks")
+    @classmethod
+    def _check_periodic(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(interval <= 0 for interval in value.values()):
+            raise ValueError("expected intervals must be positive")
+        return value
+
+    def beat_redis_sources(self) -> bool:
+        """Whether a Redis Beat source (heartbeat key or RedBeat) is configured."""
+        return bool(self.beat_redis_key) or self.beat_redbeat
+
+    def resolved_beat_redis_url(self) -> str:
+        """The Redis holding Beat's keys: beat_redis_url, else the broker."""
+        if self.beat_redis_url is not None:
+            return self.beat_redis_url.get_secret_value()
+        return self.resolved_broker_url()
 
     def resolved_broker_url(self) -> str:
         """The broker URL, read from broker_url_file when that is set."""

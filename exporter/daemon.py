@@ -9,12 +9,15 @@ import signal
 import time
 from collections.abc import Callable
 
+from exporter.brokers.redis_beat import RedisBeatProbe
 from exporter.collectors.registry import build_registry
 from exporter.config import Settings
 from exporter.events.source import EventSource, build_event_source
 from exporter.http import HttpServer, Readiness
 from exporter.inspect import Inspector, InspectStats, load_app_router
 from exporter.pipeline import EventPipeline
+from exporter.poller import Poller
+from exporter.state.beat import BeatState
 from exporter.state.labels import TaskLabels
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
@@ -42,6 +45,9 @@ class Daemon:
             name_wait=settings.task_name_wait_seconds,
             duration_buckets=settings.task_duration_buckets,
             queue_wait_buckets=settings.task_queue_wait_buckets,
+            watched=frozenset(
+                [*settings.periodic_tasks, *filter(None, [settings.beat_heartbeat_task])]
+            ),
         )
         workers = WorkerState(
             timeout_heartbeats=settings.worker_timeout_heartbeats,
@@ -69,12 +75,40 @@ class Daemon:
             on_worker_gone=self._worker_gone,
         )
         self.source: EventSource = build_event_source(settings, self.pipeline)
+        self.pollers: list[Poller] = []
+        self.beat: BeatState | None = None
+        self._closers: list[Callable[[], None]] = []
+        if settings.collector_beat and settings.beat_redis_sources():
+            self.beat = BeatState()
+            probe = RedisBeatProbe(
+                url=settings.resolved_beat_redis_url(),
+                transport_options=dict(settings.broker_transport_options),
+                timeout=settings.broker_connect_timeout_seconds,
+                state=self.beat,
+                heartbeat_key=settings.beat_redis_key,
+                heartbeat_format=settings.beat_redis_key_format.value,
+                redbeat_prefix=settings.beat_redbeat_key_prefix if settings.beat_redbeat else None,
+                redbeat_lock_key=settings.beat_redbeat_lock_key
+                or f"{settings.beat_redbeat_key_prefix}:lock",
+            )
+            self._closers.append(probe.close)
+            self.pollers.append(
+                Poller(
+                    name="beat",
+                    probe=probe,
+                    interval=settings.beat_poll_interval_seconds,
+                    timeout=settings.broker_connect_timeout_seconds * 2,
+                    clock=clock,
+                )
+            )
         registry = build_registry(
             settings=settings,
             pipeline=self.pipeline,
             resolver=self.resolver,
             sources=[self.source.status],
             inspector=self.inspector,
+            beat=self.beat,
+            pollers=self.pollers,
             clock=clock,
         )
         self.http = HttpServer(
@@ -112,6 +146,10 @@ class Daemon:
             background.append(
                 asyncio.create_task(self.inspector.run(self.stop_event), name="inspect")
             )
+        background += [
+            asyncio.create_task(poller.run(self.stop_event), name=f"poll-{poller.name}")
+            for poller in self.pollers
+        ]
         try:
             await self.stop_event.wait()
         finally:
@@ -125,6 +163,8 @@ class Daemon:
             await self.http.close()
             if self.inspector is not None:
                 self.inspector.close()
+            for close in self._closers:
+                close()
             log.info("stopped")
 
     async def _sweep(self) -> None:

@@ -150,6 +150,11 @@ class EventPipeline:
             dropped[DropReason.DUPLICATE.value] = self.tasks.duplicates
         return dropped
 
+    def last_seen(self) -> dict[str, float]:
+        """Latest task-sent (else task-received) time of each watched task name."""
+        with self.lock:
+            return dict(self.tasks.last_seen)
+
     def live_workers(self) -> int:
         now = self._clock()
         with self.lock:

@@ -15,6 +15,7 @@ from exporter.events.status import SourceStatus
 from exporter.inspect import InspectStats
 from exporter.metrics import defs
 from exporter.pipeline import EventPipeline
+from exporter.poller import Poller
 
 
 class ExporterCollector:
@@ -27,11 +28,13 @@ class ExporterCollector:
         sources: Sequence[SourceStatus],
         results: CollectorResults,
         inspections: InspectStats | None,
+        pollers: Sequence[Poller],
     ) -> None:
         self._pipeline = pipeline
         self._sources = sources
         self._results = results
         self._inspections = inspections
+        self._pollers = pollers
         self._build = [__version__, platform.python_version(), kombu.__version__]
 
     def collect(self) -> Iterable[Metric]:
@@ -62,11 +65,23 @@ class ExporterCollector:
         yield from (last, lag)
         if self._inspections is not None:
             yield _by_label(defs.INSPECTIONS.counter(), self._inspections.read())
+        yield from self._poll_families()
         success, duration = defs.COLLECTOR_SUCCESS.gauge(), defs.COLLECTOR_DURATION.gauge()
         for name, (ok, seconds) in self._results.read().items():
             success.add_metric([name], 1.0 if ok else 0.0)
             duration.add_metric([name], seconds)
         yield from (success, duration)
+
+    def _poll_families(self) -> list[Metric]:
+        last, took = defs.POLL_LAST_SUCCESS.gauge(), defs.POLL_DURATION.gauge()
+        errors = defs.POLL_ERRORS.counter()
+        for poller in self._pollers:
+            stats = poller.stats()
+            errors.add_metric([poller.name], stats.errors)
+            if stats.last_success is not None and stats.duration is not None:
+                last.add_metric([poller.name], stats.last_success)
+                took.add_metric([poller.name], stats.duration)
+        return [last, took, errors]
 
 
 def _by_label(family: CounterMetricFamily, values: dict[str, int]) -> CounterMetricFamily:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry
 
 from exporter.collectors.base import Collector, CollectorResults, Isolated
+from exporter.collectors.beat import BeatCollector
 from exporter.collectors.exporter import ExporterCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
@@ -14,6 +15,8 @@ from exporter.config import Settings
 from exporter.events.status import SourceStatus
 from exporter.inspect import Inspector
 from exporter.pipeline import EventPipeline
+from exporter.poller import Poller
+from exporter.state.beat import BeatState
 from exporter.state.routing import QueueResolver
 
 
@@ -24,6 +27,8 @@ def build_registry(
     resolver: QueueResolver,
     sources: Sequence[SourceStatus],
     inspector: Inspector | None,
+    beat: BeatState | None,
+    pollers: Sequence[Poller],
     clock: Callable[[], float],
 ) -> CollectorRegistry:
     """A registry holding the enabled collectors, each isolated, self-metrics last."""
@@ -36,6 +41,10 @@ def build_registry(
         enabled.append(
             ("workers", WorkerCollector(pipeline=pipeline, resolver=resolver, inspector=inspector))
         )
+    if settings.collector_beat:
+        enabled.append(
+            ("beat", BeatCollector(settings=settings, pipeline=pipeline, beat=beat, clock=clock))
+        )
     enabled.append(
         (
             "exporter",
@@ -44,6 +53,7 @@ def build_registry(
                 sources=sources,
                 results=results,
                 inspections=inspector.stats if inspector else None,
+                pollers=pollers,
             ),
         )
     )

@@ -134,6 +134,34 @@ WORKER_CONSUMING = MetricDef(
     "1 for each queue the worker consumes, as learned by inspection.", ("worker", "queue"),
 )  # fmt: skip
 
+# --- Beat (collector "beat") ---
+BEAT_LAST_HEARTBEAT = MetricDef(
+    "celery_beat_last_heartbeat_timestamp_seconds", "gauge",
+    "Beat's last heartbeat (unix time), by source: events, redis_key or redbeat.", ("source",),
+)  # fmt: skip
+BEAT_UP = MetricDef(
+    "celery_beat_up", "gauge",
+    "1 while the source's last Beat heartbeat is younger than beat_max_heartbeat_age_seconds.",
+    ("source",),
+)  # fmt: skip
+REDBEAT_LOCK_TTL = MetricDef(
+    "celery_beat_redbeat_lock_ttl_seconds", "gauge",
+    "Seconds left on RedBeat's lock (+Inf: held without expiry); absent when nobody holds it.",
+)  # fmt: skip
+REDBEAT_NEXT_DUE = MetricDef(
+    "celery_beat_redbeat_next_due_timestamp_seconds", "gauge",
+    "When the most overdue RedBeat schedule entry is or was due (unix time).",
+)  # fmt: skip
+PERIODIC_LAST_SENT = MetricDef(
+    "celery_periodic_task_last_sent_timestamp_seconds", "gauge",
+    "Last task-sent (else task-received) of a periodic task named in the config (unix time).",
+    ("task",),
+)  # fmt: skip
+PERIODIC_INTERVAL = MetricDef(
+    "celery_periodic_task_expected_interval_seconds", "gauge",
+    "The interval a periodic task named in the config is expected to run at.", ("task",),
+)  # fmt: skip
+
 # --- the exporter itself (always on) ---
 BUILD_INFO = MetricDef(
     "celery_exporter_build_info", "gauge", "Always 1; labels name the versions running.",
@@ -183,6 +211,17 @@ INSPECTIONS = MetricDef(
     "celery_exporter_inspections_total", "counter",
     "Worker inspections (broadcasts) made, by result.", ("result",),
 )  # fmt: skip
+POLL_LAST_SUCCESS = MetricDef(
+    "celery_exporter_poll_last_success_timestamp_seconds", "gauge",
+    "When the background poller last succeeded (unix time).", ("poller",),
+)  # fmt: skip
+POLL_DURATION = MetricDef(
+    "celery_exporter_poll_duration_seconds", "gauge",
+    "How long the poller's last successful poll took.", ("poller",),
+)  # fmt: skip
+POLL_ERRORS = MetricDef(
+    "celery_exporter_poll_errors_total", "counter", "Failed polls, by poller.", ("poller",)
+)
 COLLECTOR_SUCCESS = MetricDef(
     "celery_exporter_collector_success", "gauge",
     "1 when the collector's last scrape succeeded.", ("collector",),

@@ -104,6 +104,7 @@ class TaskSnapshot(NamedTuple):
     rejected: dict[Key3, int]
     revoked: dict[Key3, int]
     timeouts: dict[Key3, int]
+    last_seen: dict[str, float]
     duration: dict[Key4, HistogramSnapshot]
     queue_wait: dict[Key3, HistogramSnapshot]
     running: list[RunningTask]
@@ -129,6 +130,7 @@ class TaskState:
         name_wait: float,
         duration_buckets: Sequence[float],
         queue_wait_buckets: Sequence[float],
+        watched: frozenset[str] = frozenset(),
     ) -> None:
         self.labels = labels
         self._resolver = resolver
@@ -153,6 +155,10 @@ class TaskState:
         self.queue_wait: dict[Key3, Histogram] = {}
         self.running: dict[str, RunningTask] = {}
         self.duplicates = 0  # repeated end events of one attempt, not counted again
+        # Task names whose latest task-sent (else task-received) time is kept: Beat's
+        # heartbeat task and the periodic tasks named in the config.
+        self._watched = watched
+        self.last_seen: dict[str, float] = {}
         self._counters: dict[str, dict[Key3, int]] = {
             TASK_RECEIVED: self.received,
             TASK_STARTED: self.started,
@@ -187,6 +193,8 @@ class TaskState:
     def _on_sent(self, record: _Record, event: TaskEvent) -> None:
         if event.name:
             record.name = event.name
+            if event.name in self._watched:
+                self._seen(event.name, event.timestamp)
         if event.queue:
             record.queue = self.labels.queue(event.queue)
         record.enqueued_at = event.timestamp
@@ -200,6 +208,8 @@ class TaskState:
         if event.name:
             record.name = event.name
         if not record.sent:
+            if record.name is not None and record.name in self._watched:
+                self._seen(record.name, event.timestamp)
             # task-sent is earlier and says when the task entered the queue; received only
             # stands in for it when the producer sends no task-sent.
             record.enqueued_at = event.timestamp
@@ -208,6 +218,10 @@ class TaskState:
             self._hold(event, record, now)
         else:
             self._count(record, event, now)
+
+    def _seen(self, name: str, timestamp: float) -> None:
+        if timestamp > self.last_seen.get(name, 0.0):
+            self.last_seen[name] = timestamp
 
     def _awaits_sent(self, record: _Record) -> bool:
         """Whether a task-sent naming the queue is still to come for this record.
@@ -364,6 +378,7 @@ class TaskState:
             rejected=dict(self.rejected),
             revoked=dict(self.revoked),
             timeouts=dict(self.timeouts),
+            last_seen=dict(self.last_seen),
             duration=_copy_histograms(self.duration),
             queue_wait=_copy_histograms(self.queue_wait),
             running=list(self.running.values()),

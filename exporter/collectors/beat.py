@@ -1,0 +1,85 @@
+"""Beat liveness and periodic tasks, from watched task events and the Redis readings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client.metrics_core import Metric
+
+from exporter.config import Settings
+from exporter.metrics import defs
+from exporter.pipeline import EventPipeline
+from exporter.state.beat import BeatState
+
+
+class BeatCollector:
+    """``celery_beat_*`` by source, and ``celery_periodic_task_*`` for configured tasks."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pipeline: EventPipeline,
+        beat: BeatState | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._heartbeat_task = settings.beat_heartbeat_task or None
+        self._key_enabled = bool(settings.beat_redis_key)
+        self._redbeat_enabled = settings.beat_redbeat
+        self._lock_timeout = settings.beat_redbeat_lock_timeout_seconds
+        self._max_age = settings.beat_max_heartbeat_age_seconds
+        self._periodic = dict(settings.periodic_tasks)
+        self._pipeline = pipeline
+        self._beat = beat
+        self._clock = clock
+
+    def _heartbeats(self) -> dict[str, float | None]:
+        """Newest heartbeat per enabled source; None where none was seen."""
+        last_seen = self._pipeline.last_seen()
+        heartbeats: dict[str, float | None] = {}
+        # The events source appears once its task was seen: an app without Beat, or without
+        # the heartbeat task installed, must not look like a dead Beat.
+        if self._heartbeat_task and self._heartbeat_task in last_seen:
+            heartbeats["events"] = last_seen[self._heartbeat_task]
+        readings = self._beat.read() if self._beat is not None else None
+        if self._key_enabled:
+            heartbeats["redis_key"] = readings.key_heartbeat if readings else None
+        if self._redbeat_enabled:
+            redbeat = readings.redbeat if readings else None
+            ttl = redbeat.lock_ttl if redbeat else None
+            # RedBeat extends its lock to the full timeout on every tick, so the time left
+            # tells when the last tick was.
+            if ttl is not None and ttl != float("inf"):
+                heartbeats["redbeat"] = self._clock() - (self._lock_timeout - ttl)
+            else:
+                heartbeats["redbeat"] = None
+        return heartbeats
+
+    def collect(self) -> Iterable[Metric]:
+        now = self._clock()
+        last, up = defs.BEAT_LAST_HEARTBEAT.gauge(), defs.BEAT_UP.gauge()
+        for source, heartbeat in self._heartbeats().items():
+            if heartbeat is not None:
+                last.add_metric([source], heartbeat)
+            alive = heartbeat is not None and now - heartbeat <= self._max_age
+            up.add_metric([source], 1.0 if alive else 0.0)
+        yield last
+        yield up
+        if self._redbeat_enabled and self._beat is not None:
+            redbeat = self._beat.read().redbeat
+            ttl, due = defs.REDBEAT_LOCK_TTL.gauge(), defs.REDBEAT_NEXT_DUE.gauge()
+            if redbeat is not None and redbeat.lock_ttl is not None:
+                ttl.add_metric([], redbeat.lock_ttl)
+            if redbeat is not None and redbeat.next_due is not None:
+                due.add_metric([], redbeat.next_due)
+            yield ttl
+            yield due
+        if self._periodic:
+            last_seen = self._pipeline.last_seen()
+            sent, interval = defs.PERIODIC_LAST_SENT.gauge(), defs.PERIODIC_INTERVAL.gauge()
+            for task, expected in self._periodic.items():
+                interval.add_metric([task], expected)
+                if task in last_seen:
+                    sent.add_metric([task], last_seen[task])
+            yield sent
+            yield interval
