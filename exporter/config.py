@@ -60,7 +60,7 @@ class LogLevel(enum.StrEnum):
     ERROR = "ERROR"
 
 
-def _csv_floats(value: Any) -> Any:
+def _csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -218,6 +218,33 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How long an inspection waits for replies."
     )
 
+    # --- queues ---
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Queues always polled (comma-separated); a missing one reads 0. Others are "
+        "found in kombu's bindings (Redis), events and worker inspection.",
+    )
+    queue_poll_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often queue depths are read from the broker."
+    )
+    queue_discovery_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often kombu's binding tables are scanned (Redis)."
+    )
+    queue_forget_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="A discovered queue no longer seen anywhere is dropped after this long.",
+    )
+    queue_priority_metrics: bool = Field(
+        default=False, description="Also export celery_queue_length_by_priority (Redis)."
+    )
+    queue_max_unacked_scan: int = Field(
+        default=10_000,
+        ge=0,
+        description="Read the unacked hash to attribute it to queues only while it holds at "
+        "most this many messages (Redis).",
+    )
+
     # --- Beat ---
     beat_heartbeat_task: str | None = Field(
         default="exporter.beat.heartbeat",
@@ -267,12 +294,13 @@ class Settings(BaseSettings):
     # --- collectors ---
     collector_tasks: bool = Field(default=True, description="Export task metrics.")
     collector_workers: bool = Field(default=True, description="Export worker metrics.")
+    collector_queues: bool = Field(default=True, description="Export queue metrics.")
     collector_beat: bool = Field(default=True, description="Export Beat and periodic task metrics.")
 
-    @field_validator("task_duration_buckets", "task_queue_wait_buckets", mode="before")
+    @field_validator("task_duration_buckets", "task_queue_wait_buckets", "queues", mode="before")
     @classmethod
-    def _parse_buckets(cls, value: Any) -> Any:
-        return _csv_floats(value)
+    def _parse_csv(cls, value: Any) -> Any:
+        return _csv(value)
 
     @field_validator("task_duration_buckets", "task_queue_wait_buckets")
     @classmethod

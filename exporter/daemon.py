@@ -9,9 +9,11 @@ import signal
 import time
 from collections.abc import Callable
 
+from exporter.brokers.amqp_queues import AmqpQueueProbe
 from exporter.brokers.redis_beat import RedisBeatProbe
+from exporter.brokers.redis_queues import RedisQueueProbe
 from exporter.collectors.registry import build_registry
-from exporter.config import Settings
+from exporter.config import AMQP_SCHEMES, Settings
 from exporter.events.source import EventSource, build_event_source
 from exporter.http import HttpServer, Readiness
 from exporter.inspect import Inspector, InspectStats, load_app_router
@@ -19,6 +21,7 @@ from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.state.beat import BeatState
 from exporter.state.labels import TaskLabels
+from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
@@ -78,6 +81,9 @@ class Daemon:
         self.pollers: list[Poller] = []
         self.beat: BeatState | None = None
         self._closers: list[Callable[[], None]] = []
+        self.queues: QueueState | None = None
+        if settings.collector_queues:
+            self.queues = self._queue_poller(url)
         if settings.collector_beat and settings.beat_redis_sources():
             self.beat = BeatState()
             probe = RedisBeatProbe(
@@ -108,6 +114,7 @@ class Daemon:
             sources=[self.source.status],
             inspector=self.inspector,
             beat=self.beat,
+            queues=self.queues,
             pollers=self.pollers,
             clock=clock,
         )
@@ -115,6 +122,52 @@ class Daemon:
             registry=registry, host=settings.host, port=settings.port, readiness=self.readiness
         )
         self.stop_event = asyncio.Event()
+
+    def _queue_poller(self, url: str) -> QueueState:
+        """The queue state and the poller that fills it, for the broker's transport."""
+        settings = self.settings
+        state = QueueState(configured=settings.queues, forget_after=settings.queue_forget_seconds)
+        timeout = settings.broker_connect_timeout_seconds
+        probe: RedisQueueProbe | AmqpQueueProbe
+        if url.split("://", 1)[0].lower() in AMQP_SCHEMES:
+            probe = AmqpQueueProbe(
+                url=url,
+                transport_options=dict(settings.broker_transport_options),
+                timeout=timeout,
+                state=state,
+                seen_queues=self._queues_seen,
+                clock=self._clock,
+            )
+        else:
+            probe = RedisQueueProbe(
+                url=url,
+                transport_options=dict(settings.broker_transport_options),
+                timeout=timeout,
+                state=state,
+                events_exchange=settings.events_exchange,
+                seen_queues=self._queues_seen,
+                sent_times=self.pipeline.sent_at,
+                clock=self._clock,
+                discovery_interval=settings.queue_discovery_interval_seconds,
+                max_unacked_scan=settings.queue_max_unacked_scan,
+            )
+        self._closers.append(probe.close)
+        self.pollers.append(
+            Poller(
+                name="queues",
+                probe=probe,
+                interval=settings.queue_poll_interval_seconds,
+                timeout=timeout * 2,
+                clock=self._clock,
+            )
+        )
+        return state
+
+    def _queues_seen(self) -> set[str]:
+        seen = self.pipeline.queues_seen()
+        for queues in self.resolver.worker_queues.values():
+            seen.update(queues)
+        return seen
 
     def _worker_gone(self, hostname: str) -> None:
         self.resolver.forget_worker(hostname)

@@ -150,6 +150,16 @@ class EventPipeline:
             dropped[DropReason.DUPLICATE.value] = self.tasks.duplicates
         return dropped
 
+    def sent_at(self, uuids: list[str]) -> dict[str, float]:
+        """task-sent time of each still-queued task id that has one."""
+        with self.lock:
+            return self.tasks.sent_at(uuids)
+
+    def queues_seen(self) -> set[str]:
+        """Queues named by task-sent events so far."""
+        with self.lock:
+            return self.tasks.queues_seen()
+
     def last_seen(self) -> dict[str, float]:
         """Latest task-sent (else task-received) time of each watched task name."""
         with self.lock:

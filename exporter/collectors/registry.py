@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from exporter.collectors.base import Collector, CollectorResults, Isolated
 from exporter.collectors.beat import BeatCollector
 from exporter.collectors.exporter import ExporterCollector
+from exporter.collectors.queues import QueueCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import Settings
@@ -17,6 +18,7 @@ from exporter.inspect import Inspector
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.state.beat import BeatState
+from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
 
 
@@ -28,6 +30,7 @@ def build_registry(
     sources: Sequence[SourceStatus],
     inspector: Inspector | None,
     beat: BeatState | None,
+    queues: QueueState | None,
     pollers: Sequence[Poller],
     clock: Callable[[], float],
 ) -> CollectorRegistry:
@@ -40,6 +43,19 @@ def build_registry(
     if settings.collector_workers:
         enabled.append(
             ("workers", WorkerCollector(pipeline=pipeline, resolver=resolver, inspector=inspector))
+        )
+    if queues is not None:
+        enabled.append(
+            (
+                "queues",
+                QueueCollector(
+                    state=queues,
+                    pipeline=pipeline,
+                    resolver=resolver,
+                    by_priority=settings.queue_priority_metrics,
+                    clock=clock,
+                ),
+            )
         )
     if settings.collector_beat:
         enabled.append(

@@ -134,6 +134,36 @@ WORKER_CONSUMING = MetricDef(
     "1 for each queue the worker consumes, as learned by inspection.", ("worker", "queue"),
 )  # fmt: skip
 
+# --- queues (collector "queues") ---
+QUEUE_LENGTH = MetricDef(
+    "celery_queue_length", "gauge",
+    "Messages waiting in the queue to be delivered, all priorities summed.", ("queue",),
+)  # fmt: skip
+QUEUE_LENGTH_BY_PRIORITY = MetricDef(
+    "celery_queue_length_by_priority", "gauge",
+    "Messages waiting per priority step (Redis; --queue-priority-metrics).", ("queue", "priority"),
+)  # fmt: skip
+QUEUE_UNACKED = MetricDef(
+    "celery_queue_unacked", "gauge",
+    "Messages delivered to workers and not acknowledged (prefetched, running, ETA).", ("queue",),
+)  # fmt: skip
+QUEUE_OLDEST_MESSAGE_AGE = MetricDef(
+    "celery_queue_oldest_message_age_seconds", "gauge",
+    "Age of the oldest waiting message, where its task-sent was seen (Redis).", ("queue",),
+)  # fmt: skip
+QUEUE_OLDEST_UNACKED_AGE = MetricDef(
+    "celery_queue_oldest_unacked_age_seconds", "gauge",
+    "Time since the oldest unacknowledged message was delivered (Redis).", ("queue",),
+)  # fmt: skip
+QUEUE_CONSUMERS = MetricDef(
+    "celery_queue_consumers", "gauge", "Consumers the broker counts on the queue (RabbitMQ).",
+    ("queue",),
+)  # fmt: skip
+QUEUE_WORKERS = MetricDef(
+    "celery_queue_workers", "gauge",
+    "Live workers consuming the queue, as learned by inspection.", ("queue",),
+)  # fmt: skip
+
 # --- Beat (collector "beat") ---
 BEAT_LAST_HEARTBEAT = MetricDef(
     "celery_beat_last_heartbeat_timestamp_seconds", "gauge",

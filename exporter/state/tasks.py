@@ -27,7 +27,7 @@ from exporter.events.model import (
     TaskEvent,
 )
 from exporter.state.bounded import BoundedMap
-from exporter.state.labels import UNKNOWN, TaskLabels, exception_class
+from exporter.state.labels import OVERFLOW, UNKNOWN, TaskLabels, exception_class
 from exporter.state.routing import QueueResolver
 
 # Celery reports time limits as task-failed with these exceptions: the hard limit kills the
@@ -356,6 +356,19 @@ class TaskState:
             del self.running[uuid]
 
     # --- reading ---
+
+    def sent_at(self, uuids: list[str]) -> dict[str, float]:
+        """When each task, still waiting to start, was sent (task-sent seen only)."""
+        found: dict[str, float] = {}
+        for uuid in uuids:
+            record = self._records.peek(uuid)
+            if record is not None and record.sent and record.enqueued_at is not None:
+                found[uuid] = record.enqueued_at
+        return found
+
+    def queues_seen(self) -> set[str]:
+        """Queue label values task-sent events named."""
+        return {queue for _task, queue in self.sent if queue not in (UNKNOWN, OVERFLOW)}
 
     @property
     def tracked(self) -> int:
