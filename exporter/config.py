@@ -189,6 +189,15 @@ class Settings(BaseSettings):
         default=200, ge=16, description="Longer label values are cut to this many characters."
     )
 
+    task_sla_seconds: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='Duration SLA per task, JSON {"task name": seconds}; published as '
+        "celery_task_sla_seconds for alert rules.",
+    )
+    task_sla_default_seconds: float = Field(
+        default=300.0, gt=0, description="SLA of tasks not named in task_sla_seconds."
+    )
+
     # --- worker metrics ---
     worker_timeout_heartbeats: float = Field(
         default=3.0,
@@ -200,6 +209,17 @@ class Settings(BaseSettings):
         ge=0,
         description="A worker that went away keeps celery_worker_up 0 this long, then its "
         "series are removed.",
+    )
+
+    workers_expected: int = Field(
+        default=0,
+        ge=0,
+        description="Live workers expected in all (celery_workers_expected; 0: not published).",
+    )
+    workers_expected_per_queue: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description='Live workers expected per queue, JSON {"queue": count} '
+        "(celery_queue_workers_expected).",
     )
 
     # --- queue label of task metrics ---
@@ -313,7 +333,13 @@ class Settings(BaseSettings):
             raise ValueError("buckets must be strictly increasing")
         return value
 
-    @field_validator("broker_transport_options", "periodic_tasks", mode="before")
+    @field_validator(
+        "broker_transport_options",
+        "periodic_tasks",
+        "task_sla_seconds",
+        "workers_expected_per_queue",
+        mode="before",
+    )
     @classmethod
     def _parse_transport_options(cls, value: Any) -> Any:
         return _json_object(value)
@@ -358,11 +384,11 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("periodic_tasks")
+    @field_validator("periodic_tasks", "task_sla_seconds", "workers_expected_per_queue")
     @classmethod
-    def _check_periodic(cls, value: dict[str, float]) -> dict[str, float]:
-        if any(interval <= 0 for interval in value.values()):
-            raise ValueError("expected intervals must be positive")
+    def _check_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(number <= 0 for number in value.values()):
+            raise ValueError("values must be positive")
         return value
 
     def beat_redis_sources(self) -> bool:

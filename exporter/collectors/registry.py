@@ -39,10 +39,29 @@ def build_registry(
     results = CollectorResults()
     enabled: list[tuple[str, Collector]] = []
     if settings.collector_tasks:
-        enabled.append(("tasks", TaskCollector(pipeline=pipeline, clock=clock)))
+        enabled.append(
+            (
+                "tasks",
+                TaskCollector(
+                    pipeline=pipeline,
+                    clock=clock,
+                    sla=settings.task_sla_seconds,
+                    sla_default=settings.task_sla_default_seconds,
+                ),
+            )
+        )
     if settings.collector_workers:
         enabled.append(
-            ("workers", WorkerCollector(pipeline=pipeline, resolver=resolver, inspector=inspector))
+            (
+                "workers",
+                WorkerCollector(
+                    pipeline=pipeline,
+                    resolver=resolver,
+                    inspector=inspector,
+                    expected=settings.workers_expected,
+                    expected_per_queue=settings.workers_expected_per_queue,
+                ),
+            )
         )
     if queues is not None:
         enabled.append(

@@ -35,9 +35,18 @@ def _bound(value: float) -> str:
 class TaskCollector:
     """Counters, histograms and running-task gauges per task, queue and worker."""
 
-    def __init__(self, *, pipeline: EventPipeline, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        pipeline: EventPipeline,
+        clock: Callable[[], float],
+        sla: Mapping[str, float],
+        sla_default: float,
+    ) -> None:
         self._pipeline = pipeline
         self._clock = clock
+        self._sla = dict(sla)
+        self._sla_default = sla_default
 
     def collect(self) -> Iterable[Metric]:
         snap = self._pipeline.task_snapshot()
@@ -75,3 +84,8 @@ class TaskCollector:
             age_family.add_metric(list(key), max(0.0, now - oldest[key]))
         yield count_family
         yield age_family
+        # One SLA series per task seen, so rules compare `on(task)` without a default clause.
+        sla = defs.TASK_SLA.gauge()
+        for name in sorted({key[0] for key in snap.started} | set(self._sla)):
+            sla.add_metric([name], self._sla.get(name, self._sla_default))
+        yield sla

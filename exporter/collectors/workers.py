@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client.metrics_core import Metric
 
@@ -41,11 +41,19 @@ class WorkerCollector:
     """Liveness, heartbeat and load per worker; queues, pool size and reserved tasks."""
 
     def __init__(
-        self, *, pipeline: EventPipeline, resolver: QueueResolver, inspector: Inspector | None
+        self,
+        *,
+        pipeline: EventPipeline,
+        resolver: QueueResolver,
+        inspector: Inspector | None,
+        expected: int,
+        expected_per_queue: Mapping[str, int],
     ) -> None:
         self._pipeline = pipeline
         self._resolver = resolver
         self._inspector = inspector
+        self._expected = expected
+        self._expected_per_queue = dict(expected_per_queue)
 
     def collect(self) -> Iterable[Metric]:
         _, workers = self._pipeline.worker_snapshot()
@@ -70,3 +78,12 @@ class WorkerCollector:
                         family.add_metric([hostname], value)
         yield concurrency
         yield reserved
+        if self._expected:
+            expected = defs.WORKERS_EXPECTED.gauge()
+            expected.add_metric([], self._expected)
+            yield expected
+        if self._expected_per_queue:
+            per_queue = defs.QUEUE_WORKERS_EXPECTED.gauge()
+            for queue, count in self._expected_per_queue.items():
+                per_queue.add_metric([queue], count)
+            yield per_queue

@@ -94,6 +94,11 @@ TASK_OLDEST_RUNNING_AGE = MetricDef(
     "Age of the longest-running unfinished task.", ("task", "queue"),
 )  # fmt: skip
 
+TASK_SLA = MetricDef(
+    "celery_task_sla_seconds", "gauge",
+    "Configured duration SLA of each task seen (task_sla_seconds, else the default).", ("task",),
+)  # fmt: skip
+
 # --- workers (collector "workers") ---
 WORKER_UP = MetricDef(
     "celery_worker_up", "gauge",
@@ -128,6 +133,13 @@ WORKER_TASKS_RESERVED = MetricDef(
     "celery_worker_tasks_reserved", "gauge",
     "Tasks prefetched by the worker and not started, sampled at the last inspection.",
     ("worker",),
+)  # fmt: skip
+WORKERS_EXPECTED = MetricDef(
+    "celery_workers_expected", "gauge", "Live workers expected in all, from the config."
+)
+QUEUE_WORKERS_EXPECTED = MetricDef(
+    "celery_queue_workers_expected", "gauge",
+    "Live workers expected to consume the queue, from the config.", ("queue",),
 )  # fmt: skip
 WORKER_CONSUMING = MetricDef(
     "celery_worker_consuming", "gauge",
