@@ -29,6 +29,8 @@ from exporter.config import ENV_PREFIX, Settings
 from exporter.daemon import serve
 
 EXIT_CONFIG = 2
+# Settings whose rejected value may carry a password: their input is never echoed.
+_SECRET_BEARING = frozenset({"broker_url", "beat_redis_url", "broker_transport_options"})
 
 
 class ConfigError(Exception):
@@ -133,7 +135,7 @@ def describe_error(err: ValidationError) -> str:
     if field not in Settings.model_fields:
         return f"unknown setting {field!r} (config file or environment): {message}"
     value = first.get("input")
-    shown = "" if field == "broker_url" or isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if field in _SECRET_BEARING or isinstance(value, dict) else f" (got {value!r})"
     return f"{flag_name(field)} / {env_name(field)}: {message}{shown}"
 
 

@@ -60,6 +60,13 @@ class LogLevel(enum.StrEnum):
     ERROR = "ERROR"
 
 
+def url_scheme(url: str) -> str:
+    """The lowercased scheme of ``url``; empty when it has no ``scheme://`` (never the rest,
+    which may hold a password)."""
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep and scheme.isascii() and scheme.isidentifier() else ""
+
+
 def _csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -370,13 +377,14 @@ class Settings(BaseSettings):
             raise ValueError("worker_label=group needs worker_label_regex")
         if self.broker_url_file is not None and not self.broker_url_file.is_file():
             raise ValueError(f"broker_url_file {self.broker_url_file} is not a readable file")
-        scheme = self.resolved_broker_url().split("://", 1)[0].lower()
+        scheme = url_scheme(self.resolved_broker_url())
         if scheme not in SUPPORTED_SCHEMES:
+            shown = f"scheme {scheme!r}" if scheme else "without a scheme://"
             raise ValueError(
-                f"broker_url scheme {scheme!r} is not supported; use one of "
+                f"broker_url {shown} is not supported; use one of "
                 + ", ".join(sorted(SUPPORTED_SCHEMES))
             )
-        beat_scheme = self.resolved_beat_redis_url().split("://", 1)[0].lower()
+        beat_scheme = url_scheme(self.resolved_beat_redis_url())
         if self.beat_redis_sources() and beat_scheme not in REDIS_SCHEMES:
             raise ValueError(
                 "beat_redis_key and beat_redbeat read Redis: set beat_redis_url "

@@ -13,7 +13,7 @@ from exporter.brokers.amqp_queues import AmqpQueueProbe
 from exporter.brokers.redis_beat import RedisBeatProbe
 from exporter.brokers.redis_queues import RedisQueueProbe
 from exporter.collectors.registry import build_registry
-from exporter.config import AMQP_SCHEMES, Settings
+from exporter.config import AMQP_SCHEMES, Settings, url_scheme
 from exporter.events.source import EventSource, build_event_source
 from exporter.http import HttpServer, Readiness
 from exporter.inspect import Inspector, InspectStats, load_app_router
@@ -129,7 +129,7 @@ class Daemon:
         state = QueueState(configured=settings.queues, forget_after=settings.queue_forget_seconds)
         timeout = settings.broker_connect_timeout_seconds
         probe: RedisQueueProbe | AmqpQueueProbe
-        if url.split("://", 1)[0].lower() in AMQP_SCHEMES:
+        if url_scheme(url) in AMQP_SCHEMES:
             probe = AmqpQueueProbe(
                 url=url,
                 transport_options=dict(settings.broker_transport_options),

@@ -7,7 +7,7 @@ import random
 import threading
 from typing import Protocol
 
-from exporter.config import AMQP_SCHEMES, Settings
+from exporter.config import AMQP_SCHEMES, Settings, url_scheme
 from exporter.events.status import SourceStatus
 from exporter.logs import redact_url
 from exporter.pipeline import EventPipeline
@@ -65,7 +65,7 @@ class EventSource:
 def build_event_source(settings: Settings, pipeline: EventPipeline) -> EventSource:
     """The source for the broker URL's transport."""
     url = settings.resolved_broker_url()
-    scheme = url.split("://", 1)[0].lower()
+    scheme = url_scheme(url)
     session: Session
     if scheme in AMQP_SCHEMES:
         from exporter.events.amqp_source import AmqpSession  # noqa: PLC0415 - per transport

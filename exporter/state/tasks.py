@@ -66,10 +66,21 @@ class RunningTask(NamedTuple):
 class _Record:
     """What is remembered of one task id between its events."""
 
-    __slots__ = ("ended", "enqueued_at", "eta", "name", "pending", "queue", "sent", "started_at")
+    __slots__ = (
+        "ended",
+        "enqueued_at",
+        "eta",
+        "label",
+        "name",
+        "pending",
+        "queue",
+        "sent",
+        "started_at",
+    )
 
     def __init__(self) -> None:
         self.name: str | None = None
+        self.label: str | None = None  # the task label, through the limiter once per record
         self.queue: str | None = None
         self.enqueued_at: float | None = None
         self.eta: float | None = None
@@ -140,6 +151,7 @@ class TaskState:
         self._records: BoundedMap[str, _Record] = BoundedMap(
             max_size=max_tasks, ttl=ttl, on_evict=self._on_evict
         )
+        self._now = 0.0  # the latest time given to apply() or sweep()
         self._held: dict[str, float] = {}  # uuid -> when its first event was held back
         self._sent_names: set[str] = set()  # task labels whose producers send task-sent
         self.sent: dict[Key2, int] = {}
@@ -172,6 +184,7 @@ class TaskState:
 
     def apply(self, event: TaskEvent, now: float) -> None:
         """Account for one task event received at ``now`` (our clock)."""
+        self._now = now  # for evictions, which release held events
         record = self._records.get(event.uuid, now)
         if record is None:
             record = _Record()
@@ -192,7 +205,7 @@ class TaskState:
 
     def _on_sent(self, record: _Record, event: TaskEvent) -> None:
         if event.name:
-            record.name = event.name
+            self._name(record, event.name)
             if event.name in self._watched:
                 self._seen(event.name, event.timestamp)
         if event.queue:
@@ -200,13 +213,14 @@ class TaskState:
         record.enqueued_at = event.timestamp
         record.sent = True
         record.eta = parse_eta(event.eta)
-        key = (self.labels.task(record.name or UNKNOWN), record.queue or UNKNOWN)
+        key = (record.label or UNKNOWN, record.queue or UNKNOWN)
         self.sent[key] = self.sent.get(key, 0) + 1
-        self._sent_names.add(key[0])
+        if record.label is not None and record.label != OVERFLOW:
+            self._sent_names.add(record.label)
 
     def _on_received(self, record: _Record, event: TaskEvent, now: float) -> None:
         if event.name:
-            record.name = event.name
+            self._name(record, event.name)
         if not record.sent:
             if record.name is not None and record.name in self._watched:
                 self._seen(record.name, event.timestamp)
@@ -218,6 +232,11 @@ class TaskState:
             self._hold(event, record, now)
         else:
             self._count(record, event, now)
+
+    def _name(self, record: _Record, name: str) -> None:
+        if name != record.name:
+            record.name = name
+            record.label = self.labels.task(name)
 
     def _seen(self, name: str, timestamp: float) -> None:
         if timestamp > self.last_seen.get(name, 0.0):
@@ -231,11 +250,7 @@ class TaskState:
         task-sent, the worker's events wait for it (up to ``name_wait``) so that every
         counter of the task carries the queue task-sent names.
         """
-        return (
-            record.queue is None
-            and record.name is not None
-            and self.labels.task(record.name) in self._sent_names
-        )
+        return record.queue is None and record.label in self._sent_names
 
     def _hold(self, event: TaskEvent, record: _Record, now: float) -> None:
         if record.pending is None:
@@ -247,11 +262,7 @@ class TaskState:
         if record.queue is None:
             resolved = self._resolver.resolve(record.name, hostname)
             record.queue = self.labels.queue(resolved) if resolved else UNKNOWN
-        return (
-            self.labels.task(record.name) if record.name else UNKNOWN,
-            record.queue,
-            self.labels.worker(hostname),
-        )
+        return (record.label or UNKNOWN, record.queue, self.labels.worker(hostname))
 
     def _count(self, record: _Record, event: TaskEvent, now: float) -> None:
         kind = event.type
@@ -325,12 +336,13 @@ class TaskState:
 
     def _on_evict(self, uuid: str, record: _Record) -> None:
         if record.pending is not None:
-            self._release(uuid, record, 0.0)
+            self._release(uuid, record, self._now)
 
     # --- upkeep ---
 
     def sweep(self, now: float) -> None:
         """Count held events whose name never came, then forget idle task ids."""
+        self._now = now
         deadline = now - self._name_wait
         held = self._held
         while held:
