@@ -11,10 +11,18 @@ import enum
 import itertools
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "CELERY_EXPORTER_"
@@ -205,6 +213,17 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="SLA of tasks not named in task_sla_seconds."
     )
 
+    # --- sidecar mode ---
+    worker_filter: str | None = Field(
+        default=None,
+        description="Sidecar mode: export task and worker series only of workers whose nodename "
+        "matches this regex; task-sent (producers) is then not counted.",
+    )
+    worker_filter_hostname: bool = Field(
+        default=False,
+        description="Sidecar mode with worker_filter '@<this host's name>$' (the pod's name).",
+    )
+
     # --- worker metrics ---
     worker_timeout_heartbeats: float = Field(
         default=3.0,
@@ -351,16 +370,16 @@ class Settings(BaseSettings):
     def _parse_transport_options(cls, value: Any) -> Any:
         return _json_object(value)
 
-    @field_validator("worker_label_regex")
+    @field_validator("worker_label_regex", "worker_filter")
     @classmethod
-    def _check_regex(cls, value: str | None) -> str | None:
+    def _check_regex(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         try:
             pattern = re.compile(value)
         except re.error as err:
             raise ValueError(f"invalid regex: {err}") from err
-        if pattern.groups < 1:
+        if info.field_name == "worker_label_regex" and pattern.groups < 1:
             raise ValueError("needs a capturing group")
         return value
 
@@ -373,6 +392,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        if self.worker_filter and self.worker_filter_hostname:
+            raise ValueError("worker_filter and worker_filter_hostname exclude each other")
         if self.worker_label is WorkerLabel.GROUP and not self.worker_label_regex:
             raise ValueError("worker_label=group needs worker_label_regex")
         if self.broker_url_file is not None and not self.broker_url_file.is_file():
@@ -398,6 +419,12 @@ class Settings(BaseSettings):
         if any(number <= 0 for number in value.values()):
             raise ValueError("values must be positive")
         return value
+
+    def worker_pattern(self) -> str | None:
+        """The sidecar filter on worker nodenames, if any."""
+        if self.worker_filter_hostname:
+            return f"@{re.escape(socket.gethostname())}$"
+        return self.worker_filter
 
     def beat_redis_sources(self) -> bool:
         """Whether a Redis Beat source (heartbeat key or RedBeat) is configured."""

@@ -20,7 +20,7 @@ from exporter.inspect import Inspector, InspectStats, load_app_router
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.state.beat import BeatState
-from exporter.state.labels import TaskLabels
+from exporter.state.labels import TaskLabels, WorkerFilter
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
@@ -40,6 +40,7 @@ class Daemon:
         self._clock = clock
         route = load_app_router(settings.app) if settings.app else None
         self.resolver = QueueResolver(route=route)
+        worker_filter = WorkerFilter(settings.worker_pattern())
         tasks = TaskState(
             labels=TaskLabels(settings),
             resolver=self.resolver,
@@ -51,6 +52,7 @@ class Daemon:
             watched=frozenset(
                 [*settings.periodic_tasks, *filter(None, [settings.beat_heartbeat_task])]
             ),
+            worker_filter=worker_filter,
         )
         workers = WorkerState(
             timeout_heartbeats=settings.worker_timeout_heartbeats,
@@ -76,6 +78,7 @@ class Daemon:
             max_event_bytes=settings.max_event_bytes,
             on_new_worker=self.inspector.worker_appeared if self.inspector else None,
             on_worker_gone=self._worker_gone,
+            worker_filter=worker_filter,
         )
         self.source: EventSource = build_event_source(settings, self.pipeline)
         self.pollers: list[Poller] = []

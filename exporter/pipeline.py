@@ -20,6 +20,7 @@ from exporter.events.model import (
     TaskEvent,
     WorkerEvent,
 )
+from exporter.state.labels import WorkerFilter
 from exporter.state.tasks import TaskSnapshot, TaskState
 from exporter.state.workers import WorkerSnapshot, WorkerState
 
@@ -53,6 +54,7 @@ class EventPipeline:
         max_event_bytes: int,
         on_new_worker: Callable[[str], None] | None = None,
         on_worker_gone: Callable[[str], None] | None = None,
+        worker_filter: WorkerFilter | None = None,
     ) -> None:
         self.tasks = tasks
         self.workers = workers
@@ -60,6 +62,7 @@ class EventPipeline:
         self._max_event_bytes = max_event_bytes
         self._on_new_worker = on_new_worker
         self._on_worker_gone = on_worker_gone
+        self._worker_filter = worker_filter or WorkerFilter(None)
         self.lock = threading.Lock()
         self._events: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
@@ -109,6 +112,8 @@ class EventPipeline:
                 self._on_new_worker(hostname)
 
     def _apply_worker(self, event: WorkerEvent, now: float, new_workers: list[str]) -> None:
+        if not self._worker_filter(event.hostname):
+            return
         if self.workers.apply(event, now):
             new_workers.append(event.hostname)
         if event.type == WORKER_HEARTBEAT and event.active == 0:

@@ -12,7 +12,7 @@ import pytest
 from exporter.config import Settings
 from exporter.events.model import TaskEvent, WorkerEvent
 from exporter.pipeline import EventPipeline
-from exporter.state.labels import TaskLabels, exception_class
+from exporter.state.labels import TaskLabels, WorkerFilter, exception_class
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import HistogramSnapshot, RunningTask, TaskSnapshot, TaskState
 from exporter.state.workers import WorkerState
@@ -57,7 +57,9 @@ class Harness:
         settings = Settings(**values)
         self.clock = Clock()
         self.resolver = QueueResolver()
+        worker_filter = WorkerFilter(settings.worker_pattern())
         self.tasks = TaskState(
+            worker_filter=worker_filter,
             labels=TaskLabels(settings),
             resolver=self.resolver,
             max_tasks=settings.task_state_max_tasks,
@@ -77,6 +79,7 @@ class Harness:
             clock=self.clock,
             max_event_bytes=settings.max_event_bytes,
             on_worker_gone=self.resolver.forget_worker,
+            worker_filter=worker_filter,
         )
 
     def task(self, etype: str, uuid: str, ts: float, host: str = W1, **fields: Any) -> None:
@@ -664,3 +667,25 @@ def test_worker_removed_after_retention_forgets_its_running_tasks_and_queues() -
     # W2 is down since its heartbeat expired at T0 + 16: it stays until T0 + 76.
     assert h.resolver.worker_queues == {W2: ("q",)}
     assert [w.hostname for w in h.pipeline.worker_snapshot()[1]] == [W2]
+
+
+# --- sidecar mode ---
+
+
+def test_worker_filter_counts_only_matching_workers_and_no_task_sent() -> None:
+    """With a worker filter, other workers' tasks and worker events are left out, task-sent is
+    not counted, yet task-sent still names the queue of the matching worker's tasks."""
+    h = Harness(worker_filter="@worker-1$")
+    for uuid, host in (("a", W1), ("b", W2)):
+        h.task("sent", uuid, T0, host="gen1@producer", name=ADD, queue="default")
+        h.task("received", uuid, T0 + 1, host=host, name=ADD)
+        h.task("started", uuid, T0 + 2, host=host)
+        h.task("succeeded", uuid, T0 + 3, host=host, runtime=1.0)
+    for host in (W1, W2):
+        h.pipeline.apply([WorkerEvent("worker-heartbeat", host, T0, 2.0, 0, 1, 0.5)])
+    snap = h.snap()
+    assert snap.sent == {}
+    assert snap.received == {(ADD, "default", W1): 1}
+    assert snap.started == {(ADD, "default", W1): 1}
+    assert snap.succeeded == {(ADD, "default", W1): 1}
+    assert [w.hostname for w in h.pipeline.worker_snapshot()[1]] == [W1]

@@ -27,7 +27,13 @@ from exporter.events.model import (
     TaskEvent,
 )
 from exporter.state.bounded import BoundedMap
-from exporter.state.labels import OVERFLOW, UNKNOWN, TaskLabels, exception_class
+from exporter.state.labels import (
+    OVERFLOW,
+    UNKNOWN,
+    TaskLabels,
+    WorkerFilter,
+    exception_class,
+)
 from exporter.state.routing import QueueResolver
 
 # Celery reports time limits as task-failed with these exceptions: the hard limit kills the
@@ -142,6 +148,7 @@ class TaskState:
         duration_buckets: Sequence[float],
         queue_wait_buckets: Sequence[float],
         watched: frozenset[str] = frozenset(),
+        worker_filter: WorkerFilter | None = None,
     ) -> None:
         self.labels = labels
         self._resolver = resolver
@@ -170,6 +177,9 @@ class TaskState:
         # Task names whose latest task-sent (else task-received) time is kept: Beat's
         # heartbeat task and the periodic tasks named in the config.
         self._watched = watched
+        # Sidecar mode: other workers' events still feed correlation but are not counted,
+        # and neither is task-sent (producers are counted by the standalone exporter).
+        self._counts = worker_filter or WorkerFilter(None)
         self.last_seen: dict[str, float] = {}
         self._counters: dict[str, dict[Key3, int]] = {
             TASK_RECEIVED: self.received,
@@ -214,7 +224,8 @@ class TaskState:
         record.sent = True
         record.eta = parse_eta(event.eta)
         key = (record.label or UNKNOWN, record.queue or UNKNOWN)
-        self.sent[key] = self.sent.get(key, 0) + 1
+        if not self._counts.active:
+            self.sent[key] = self.sent.get(key, 0) + 1
         if record.label is not None and record.label != OVERFLOW:
             self._sent_names.add(record.label)
 
@@ -269,6 +280,8 @@ class TaskState:
         if kind == record.ended:
             # Celery 5.7 sends task-failed twice for a hard time limit (pool and request).
             self.duplicates += 1
+            return
+        if not self._counts(event.hostname):
             return
         key = self._labels(record, event.hostname)
         if kind == TASK_FAILED:
