@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -162,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
+    except ssl.SSLError as err:
+        sys.stderr.write(f"celery-exporter: error: --web-tls-*: cannot load: {err}\n")
+        return EXIT_CONFIG
     except ImportError as err:
         sys.stderr.write(f"celery-exporter: error: --app {settings.app}: {err}\n")
         return EXIT_CONFIG

@@ -154,6 +154,31 @@ class Settings(BaseSettings):
         description="/readyz also requires an event younger than this (0: only the connection).",
     )
 
+    web_tls_cert_file: Path | None = Field(
+        default=None, description="Serve HTTPS with this certificate (PEM, with web_tls_key_file)."
+    )
+    web_tls_key_file: Path | None = Field(
+        default=None, description="Private key of the certificate."
+    )
+    web_tls_client_ca_file: Path | None = Field(
+        default=None, description="Require client certificates signed by this CA (mTLS)."
+    )
+    web_auth_username: str | None = Field(
+        default=None, description="Basic auth user required on /metrics (with a password)."
+    )
+    web_auth_password: SecretStr | None = Field(
+        default=None, description="Basic auth password (prefer web_auth_password_file)."
+    )
+    web_auth_password_file: Path | None = Field(
+        default=None, description="Read the basic auth password from this file."
+    )
+    web_auth_bearer_token_file: Path | None = Field(
+        default=None, description="Require 'Authorization: Bearer <token>' with the file's token."
+    )
+    web_protect_health: bool = Field(
+        default=False, description="Also require auth on /healthz and /readyz."
+    )
+
     # --- logging ---
     log_level: LogLevel = Field(default=LogLevel.INFO, description="Level of our own loggers.")
     log_format: LogFormat = Field(
@@ -392,6 +417,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        self._check_web()
         if self.worker_filter and self.worker_filter_hostname:
             raise ValueError("worker_filter and worker_filter_hostname exclude each other")
         if self.worker_label is WorkerLabel.GROUP and not self.worker_label_regex:
@@ -419,6 +445,36 @@ class Settings(BaseSettings):
         if any(number <= 0 for number in value.values()):
             raise ValueError("values must be positive")
         return value
+
+    def _check_web(self) -> None:
+        if (self.web_tls_cert_file is None) != (self.web_tls_key_file is None):
+            raise ValueError("web_tls_cert_file and web_tls_key_file go together")
+        if self.web_tls_client_ca_file is not None and self.web_tls_cert_file is None:
+            raise ValueError("web_tls_client_ca_file needs web_tls_cert_file")
+        has_password = self.web_auth_password is not None or self.web_auth_password_file
+        if bool(self.web_auth_username) != bool(has_password):
+            raise ValueError("web_auth_username and a web_auth_password(_file) go together")
+        for name in (
+            "web_tls_cert_file",
+            "web_tls_key_file",
+            "web_tls_client_ca_file",
+            "web_auth_password_file",
+            "web_auth_bearer_token_file",
+        ):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a readable file")
+
+    def web_password(self) -> str | None:
+        """The basic auth password, from its file when given."""
+        if self.web_auth_password_file is not None:
+            return self.web_auth_password_file.read_text(encoding="utf-8").strip()
+        return self.web_auth_password.get_secret_value() if self.web_auth_password else None
+
+    def web_bearer_token(self) -> str | None:
+        if self.web_auth_bearer_token_file is None:
+            return None
+        return self.web_auth_bearer_token_file.read_text(encoding="utf-8").strip() or None
 
     def worker_pattern(self) -> str | None:
         """The sidecar filter on worker nodenames, if any."""

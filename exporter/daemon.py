@@ -15,7 +15,7 @@ from exporter.brokers.redis_queues import RedisQueueProbe
 from exporter.collectors.registry import build_registry
 from exporter.config import AMQP_SCHEMES, Settings, url_scheme
 from exporter.events.source import EventSource, build_event_source
-from exporter.http import HttpServer, Readiness
+from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
 from exporter.inspect import Inspector, InspectStats, load_app_router
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
@@ -122,7 +122,21 @@ class Daemon:
             clock=clock,
         )
         self.http = HttpServer(
-            registry=registry, host=settings.host, port=settings.port, readiness=self.readiness
+            registry=registry,
+            host=settings.host,
+            port=settings.port,
+            readiness=self.readiness,
+            auth=Authenticator(
+                username=settings.web_auth_username,
+                password=settings.web_password(),
+                token=settings.web_bearer_token(),
+            ),
+            tls=ssl_context(
+                settings.web_tls_cert_file,
+                settings.web_tls_key_file,
+                settings.web_tls_client_ca_file,
+            ),
+            protect_health=settings.web_protect_health,
         )
         self.stop_event = asyncio.Event()
 

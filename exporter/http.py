@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import logging
-from collections.abc import Callable
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import NamedTuple
 
 from aiohttp import web
@@ -13,11 +17,62 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Authenticator:
+    """Checks the Authorization header: basic auth, a bearer token, or either when both are set.
+
+    Comparisons are constant-time, so response timing does not reveal the secret.
+    """
+
+    def __init__(self, *, username: str | None, password: str | None, token: str | None) -> None:
+        self._basic = (
+            "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+            if username is not None and password is not None
+            else None
+        )
+        self._bearer = f"Bearer {token}" if token else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._basic is not None or self._bearer is not None
+
+    def allows(self, header: str | None) -> bool:
+        if not self.enabled:
+            return True
+        if header is None:
+            return False
+        given = header.encode()
+        return any(
+            hmac.compare_digest(given, expected.encode())
+            for expected in (self._basic, self._bearer)
+            if expected is not None
+        )
+
+
+def ssl_context(
+    cert_file: Path | None, key_file: Path | None, client_ca_file: Path | None
+) -> ssl.SSLContext | None:
+    """A server TLS context, requiring client certificates when a client CA is given."""
+    if cert_file is None or key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca_file)
+    return context
+
 
 class Readiness(NamedTuple):
     ready: bool
     checks: dict[str, str]
 
+
+_HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+_ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names, not a bind
 
 _INDEX = """<!doctype html>
 <html><head><title>Celery exporter</title></head>
@@ -37,11 +92,17 @@ class HttpServer:
         host: str,
         port: int,
         readiness: Callable[[], Readiness],
+        auth: Authenticator | None = None,
+        tls: ssl.SSLContext | None = None,
+        protect_health: bool = False,
     ) -> None:
         self._host = host
         self._port = port
         self._readiness = readiness
-        app = web.Application()
+        self._auth = auth if auth is not None and auth.enabled else None
+        self._tls = tls
+        self._open_paths = frozenset() if protect_health else _HEALTH_PATHS
+        app = web.Application(middlewares=[self._authenticate])
         app.router.add_get("/metrics", make_aiohttp_handler(registry))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -49,10 +110,24 @@ class HttpServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.port: int | None = None
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (
+            self._auth is None
+            or request.path in self._open_paths
+            or self._auth.allows(request.headers.get("Authorization"))
+        ):
+            return await handler(request)
+        return web.Response(
+            status=401,
+            text="unauthorized\n",
+            headers={"WWW-Authenticate": 'Basic realm="celery-exporter"'},
+        )
+
     async def start(self) -> None:
         """Bind and serve; ``port`` holds the bound port afterwards (useful with port 0)."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._tls)
         try:
             await site.start()
         except OSError:
@@ -61,7 +136,13 @@ class HttpServer:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("listening on http://%s:%s/metrics", self._host, self.port)
+        scheme = "https" if self._tls else "http"
+        log.info("listening on %s://%s:%s/metrics", scheme, self._host, self.port)
+        if self._auth is None and self._host in _ALL_INTERFACES:
+            log.warning(
+                "/metrics is served on all interfaces without authentication; set "
+                "--web-auth-* or --host 127.0.0.1 if the network is not trusted"
+            )
 
     async def close(self) -> None:
         await self._runner.cleanup()

@@ -1,0 +1,123 @@
+"""HTTP server: endpoints, auth on /metrics, TLS (exporter/http.py), on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
+
+Check = Callable[[str], Awaitable[None]]
+
+
+def _serve(
+    check: Callable[[HttpServer], Awaitable[None]],
+    *,
+    ready: bool = True,
+    auth: Authenticator | None = None,
+    tls: ssl.SSLContext | None = None,
+    protect_health: bool = False,
+) -> None:
+    async def main() -> None:
+        server = HttpServer(
+            registry=CollectorRegistry(),
+            host="127.0.0.1",
+            port=0,
+            readiness=lambda: Readiness(ready, {"events_source": "x"}),
+            auth=auth,
+            tls=tls,
+            protect_health=protect_health,
+        )
+        await server.start()
+        try:
+            await check(server)
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+async def _status(url: str, **kwargs: object) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as response:  # type: ignore[arg-type]
+        await response.read()
+        return response.status
+
+
+@pytest.mark.parametrize(("ready", "expected"), [(True, 200), (False, 503)])
+def test_readyz_follows_readiness(ready: bool, expected: int) -> None:
+    """/readyz answers 200 when ready and 503 otherwise; /healthz and / always 200."""
+
+    async def check(server: HttpServer) -> None:
+        base = f"http://127.0.0.1:{server.port}"
+        assert await _status(f"{base}/readyz") == expected
+        assert await _status(f"{base}/healthz") == 200
+        assert await _status(f"{base}/") == 200
+        assert await _status(f"{base}/metrics") == 200
+
+    _serve(check, ready=ready)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, 401),
+        ("Basic cHJvbTp3cm9uZw==", 401),  # prom:wrong
+        ("Basic cHJvbTpzM2NyZXQ=", 200),  # prom:s3cret
+        ("Bearer t0ken", 200),
+        ("Bearer other", 401),
+    ],
+)
+def test_metrics_requires_auth_but_health_stays_open(header: str | None, expected: int) -> None:
+    """With basic auth and a bearer token set, /metrics needs one of them; health is open."""
+    auth = Authenticator(username="prom", password="s3cret", token="t0ken")
+
+    async def check(server: HttpServer) -> None:
+        base = f"http://127.0.0.1:{server.port}"
+        headers = {"Authorization": header} if header else {}
+        assert await _status(f"{base}/metrics", headers=headers) == expected
+        assert await _status(f"{base}/healthz") == 200
+        assert await _status(f"{base}/readyz") == 200
+
+    _serve(check, auth=auth)
+
+
+def test_protect_health_requires_auth_everywhere() -> None:
+    """With protect_health, /healthz and /readyz need auth too."""
+    auth = Authenticator(username=None, password=None, token="t0ken")
+
+    async def check(server: HttpServer) -> None:
+        base = f"http://127.0.0.1:{server.port}"
+        assert await _status(f"{base}/healthz") == 401
+        ok = {"Authorization": "Bearer t0ken"}
+        assert await _status(f"{base}/healthz", headers=ok) == 200
+
+    _serve(check, auth=auth, protect_health=True)
+
+
+def test_tls_serves_https(tmp_path: Path) -> None:
+    """With a certificate and key, the server speaks HTTPS only."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make a test certificate: apt-get install openssl"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    client = ssl.create_default_context(cafile=str(cert))
+    client.check_hostname = False
+
+    async def check(server: HttpServer) -> None:
+        assert await _status(f"https://127.0.0.1:{server.port}/healthz", ssl=client) == 200
+        with pytest.raises(aiohttp.ClientError):
+            await _status(f"http://127.0.0.1:{server.port}/healthz")
+
+    _serve(check, tls=ssl_context(cert, key, None))
