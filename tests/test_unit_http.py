@@ -45,8 +45,13 @@ def _serve(
     asyncio.run(main())
 
 
-async def _status(url: str, **kwargs: object) -> int:
-    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as response:  # type: ignore[arg-type]
+async def _status(
+    url: str, *, headers: dict[str, str] | None = None, ssl: ssl.SSLContext | None = None
+) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers=headers, ssl=ssl if ssl is not None else True) as response,
+    ):
         await response.read()
         return response.status
 
