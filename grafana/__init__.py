@@ -1,0 +1,1 @@
+"""Grafana dashboards for the exporter, generated from code (python -m grafana.generate)."""
