@@ -28,6 +28,7 @@ from pydantic_settings.exceptions import SettingsError
 from exporter import __version__, logs
 from exporter.config import ENV_PREFIX, Settings
 from exporter.daemon import serve
+from exporter.inspect import AppLoadError
 
 EXIT_CONFIG = 2
 # Settings whose rejected value may carry a password: their input is never echoed.
@@ -166,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ssl.SSLError as err:
         sys.stderr.write(f"celery-exporter: error: --web-tls-*: cannot load: {err}\n")
         return EXIT_CONFIG
-    except ImportError as err:
-        sys.stderr.write(f"celery-exporter: error: --app {settings.app}: {err}\n")
+    except AppLoadError as err:
+        sys.stderr.write(f"celery-exporter: error: {err}\n")
         return EXIT_CONFIG
     except OSError as err:
         sys.stderr.write(

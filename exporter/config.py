@@ -29,6 +29,7 @@ ENV_PREFIX = "CELERY_EXPORTER_"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 SUPPORTED_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
+DEFAULT_PORT = 9808  # the port Celery exporters conventionally use
 
 # 5 ms to 1 h: short web-request tasks and hour-long batch jobs both land inside the range.
 DEFAULT_DURATION_BUCKETS = (
@@ -147,7 +148,7 @@ class Settings(BaseSettings):
 
     # --- HTTP ---
     host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104
-    port: int = Field(default=9808, ge=0, le=65535, description="Port to listen on.")
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="Port to listen on.")
     ready_max_event_age_seconds: float = Field(
         default=0.0,
         ge=0,
@@ -367,6 +368,15 @@ class Settings(BaseSettings):
     collector_workers: bool = Field(default=True, description="Export worker metrics.")
     collector_queues: bool = Field(default=True, description="Export queue metrics.")
     collector_beat: bool = Field(default=True, description="Export Beat and periodic task metrics.")
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _ignore_service_link(cls, value: Any) -> Any:
+        # Kubernetes injects <SERVICE>_PORT=tcp://ip:port for every Service in the namespace:
+        # a Service named celery-exporter sets CELERY_EXPORTER_PORT to that. It is no setting.
+        if isinstance(value, str) and value.startswith("tcp://"):
+            return DEFAULT_PORT
+        return value
 
     @field_validator("task_duration_buckets", "task_queue_wait_buckets", "queues", mode="before")
     @classmethod

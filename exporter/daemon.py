@@ -70,6 +70,7 @@ class Daemon:
                 resolver=self.resolver,
                 live_workers=self._live_workers,
                 stats=InspectStats(),
+                own_workers=self._known_workers if worker_filter.active else None,
             )
         self.pipeline = EventPipeline(
             tasks=tasks,
@@ -190,6 +191,10 @@ class Daemon:
         self.resolver.forget_worker(hostname)
         if self.inspector is not None:
             self.inspector.forget_worker(hostname)
+
+    def _known_workers(self) -> list[str]:
+        _, workers = self.pipeline.worker_snapshot()
+        return [worker.hostname for worker in workers if worker.up]
 
     def _live_workers(self) -> int:
         return self.pipeline.live_workers()

@@ -85,6 +85,7 @@ class Inspector:
         resolver: QueueResolver,
         live_workers: Callable[[], int],
         stats: InspectStats,
+        own_workers: Callable[[], list[str]] | None = None,
     ) -> None:
         self._broker_url = broker_url
         self._transport_options = transport_options
@@ -92,6 +93,9 @@ class Inspector:
         self._timeout = timeout
         self._resolver = resolver
         self._live_workers = live_workers
+        # Sidecar mode: ask only the workers this exporter speaks for, never broadcast to all
+        # (N sidecars broadcasting would cost N * workers replies per interval).
+        self._own_workers = own_workers
         self.stats = stats
         self._new: set[str] = set()
         self._new_lock = threading.Lock()
@@ -139,6 +143,10 @@ class Inspector:
             self._app = Celery("celery-exporter", broker=self._broker_url, set_as_current=False)
             self._app.conf.broker_transport_options = self._transport_options
             self._app.conf.broker_connection_timeout = self._timeout
+        if destination is None and self._own_workers is not None:
+            destination = self._own_workers() or None
+            if destination is None:
+                return
         limit = len(destination) if destination else self._live_workers()
         if limit == 0:
             return
@@ -162,15 +170,22 @@ class Inspector:
             self._app.close()
 
 
+class AppLoadError(Exception):
+    """--app names something that cannot be imported as a Celery app."""
+
+
 def load_app_router(spec: str) -> Callable[[str], str | None]:
     """Import ``module:attribute`` and return task name -> queue from its routing config."""
     import importlib  # noqa: PLC0415 - only with --app
 
     module_name, _, attribute = spec.partition(":")
-    app: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        app = getattr(app, part)
-    router = app.amqp.router
+    try:
+        app: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            app = getattr(app, part)
+        router = app.amqp.router
+    except (ImportError, AttributeError) as err:
+        raise AppLoadError(f"--app {spec}: cannot load a Celery app: {err}") from err
 
     def route(task: str) -> str | None:
         try:

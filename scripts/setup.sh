@@ -19,3 +19,5 @@ fi
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
+# kubectl (for kustomize rendering in the deployment tests), cached in .tools/
+scripts/install-deploy-tools.sh

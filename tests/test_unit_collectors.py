@@ -168,6 +168,9 @@ def fixed_state() -> Exporter:
         queue_priority_metrics=True,
         task_sla_seconds='{"app.tasks.report": 30}',
         workers_expected=2,
+        # W2 consumes two queues: its tasks wait for a task-sent that never comes, released
+        # by the sweeps below with queue "unknown".
+        task_name_wait_seconds=0,
         workers_expected_per_queue='{"default": 2, "priority": 1}',
     )
     c = e.clock
@@ -215,9 +218,11 @@ def fixed_state() -> Exporter:
     c.now = T0 + 40
     e.task("received", "g", T0 + 39, host=W2, name="app.tasks.report")
     e.task("started", "g", T0 + 40, host=W2)
+    e.pipeline.sweep()
     c.now = T0 + 70
     e.task("received", "h", T0 + 69, host=W2, name="app.tasks.report")
     e.task("started", "h", T0 + 70, host=W2)
+    e.pipeline.sweep()
     # Beat: its heartbeat task through events, the key and RedBeat through the poller
     e.task("sent", "beat-1", T0 + 60, host="beat@scheduler", name="exporter.beat.heartbeat",
            queue="celery")  # fmt: skip

@@ -122,7 +122,7 @@ UUID = "8b1f3c6e-0000-4000-8000-000000000001"
                 exchange="",
                 routing_key="default",
             ),
-            TaskEvent("task-sent", UUID, HOST, TS, "app.add", "default"),
+            TaskEvent("task-sent", UUID, HOST, TS, "app.add", "default", retries=0),
         ),
         (
             task_fields("task-received", name="app.add", eta="2024-01-01T00:00:00+00:00"),

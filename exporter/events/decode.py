@@ -159,6 +159,7 @@ def parse_event(obj: Any) -> Decoded:
             _text(obj.get("eta")),
             _number(obj.get("runtime")),
             _exception(obj) if etype == TASK_FAILED else None,
+            _count(obj.get("retries")),
         )
     if etype in WORKER_TYPES:
         freq = _number(obj.get("freq"))

@@ -51,6 +51,7 @@ class TaskEvent(NamedTuple):
     eta: str | None = None
     runtime: float | None = None
     exception: str | None = None
+    retries: int | None = None  # sent and received: which attempt (0 for the first)
 
 
 class WorkerEvent(NamedTuple):

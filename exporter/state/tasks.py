@@ -10,6 +10,7 @@ families are built at scrape time.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ from exporter.state.routing import QueueResolver
 
 # Celery reports time limits as task-failed with these exceptions: the hard limit kills the
 # pool process (TimeLimitExceeded), the soft one raises inside the task.
+# How long after the last task-sent producers are still assumed to send them.
+SENT_MEMORY = 600.0
 TIMEOUT_KINDS = {"TimeLimitExceeded": "hard", "SoftTimeLimitExceeded": "soft"}
 
 # Label tuples: (task, queue), (task, queue, worker), (task, queue, worker, exception|state).
@@ -73,27 +76,32 @@ class _Record:
     """What is remembered of one task id between its events."""
 
     __slots__ = (
+        "attempts",
         "ended",
-        "enqueued_at",
-        "eta",
+        "ends",
         "label",
         "name",
+        "next_attempt",
         "pending",
         "queue",
-        "sent",
         "started_at",
+        "starts",
     )
 
     def __init__(self) -> None:
         self.name: str | None = None
         self.label: str | None = None  # the task label, through the limiter once per record
         self.queue: str | None = None
-        self.enqueued_at: float | None = None
-        self.eta: float | None = None
-        self.sent = False  # this attempt's enqueue time came from task-sent
+        # Attempts not started yet, by retries number: (enqueued at, ETA, from task-sent).
+        # Retries of a prefork worker overlap: attempt n+1's task-sent and task-received can
+        # arrive before attempt n's task-started.
+        self.attempts: dict[int, tuple[float, float | None, bool]] | None = None
+        self.next_attempt = 0  # the lowest attempt number not started yet
+        self.starts = 0
+        self.ends = 0
         self.started_at: float | None = None
         self.pending: list[TaskEvent] | None = None
-        self.ended: str | None = None  # the event type that ended this attempt
+        self.ended: str | None = None  # the event type that ended the latest attempt
 
 
 def parse_eta(text: str | None) -> float | None:
@@ -160,7 +168,7 @@ class TaskState:
         )
         self._now = 0.0  # the latest time given to apply() or sweep()
         self._held: dict[str, float] = {}  # uuid -> when its first event was held back
-        self._sent_names: set[str] = set()  # task labels whose producers send task-sent
+        self._last_sent = -math.inf  # our time of the latest task-sent
         self.sent: dict[Key2, int] = {}
         self.received: dict[Key3, int] = {}
         self.started: dict[Key3, int] = {}
@@ -201,7 +209,7 @@ class TaskState:
             self._records.put(event.uuid, record, now)
         kind = event.type
         if kind == TASK_SENT:
-            self._on_sent(record, event)
+            self._on_sent(record, event, now)
         elif kind == TASK_RECEIVED:
             self._on_received(record, event, now)
         elif record.name is None or record.pending is not None:
@@ -210,39 +218,45 @@ class TaskState:
         else:
             self._count(record, event, now)
             return
-        if record.pending is not None and not self._awaits_sent(record):
+        if record.pending is not None and not self._awaits_sent(record, event.hostname, now):
             self._release(event.uuid, record, now)
 
-    def _on_sent(self, record: _Record, event: TaskEvent) -> None:
+    def _on_sent(self, record: _Record, event: TaskEvent, now: float) -> None:
+        self._last_sent = now
         if event.name:
             self._name(record, event.name)
             if event.name in self._watched:
                 self._seen(event.name, event.timestamp)
         if event.queue:
             record.queue = self.labels.queue(event.queue)
-        record.enqueued_at = event.timestamp
-        record.sent = True
-        record.eta = parse_eta(event.eta)
+        attempt = record.next_attempt if event.retries is None else event.retries
+        if attempt >= record.next_attempt:
+            # task-sent says when the attempt entered the queue, better than task-received.
+            self._attempts(record)[attempt] = (event.timestamp, parse_eta(event.eta), True)
         key = (record.label or UNKNOWN, record.queue or UNKNOWN)
         if not self._counts.active:
             self.sent[key] = self.sent.get(key, 0) + 1
-        if record.label is not None and record.label != OVERFLOW:
-            self._sent_names.add(record.label)
 
     def _on_received(self, record: _Record, event: TaskEvent, now: float) -> None:
         if event.name:
             self._name(record, event.name)
-        if not record.sent:
+        attempt = record.next_attempt if event.retries is None else event.retries
+        attempts = self._attempts(record)
+        if attempt >= record.next_attempt and attempt not in attempts:
+            # No task-sent (yet) for this attempt: task-received stands in for it.
             if record.name is not None and record.name in self._watched:
                 self._seen(record.name, event.timestamp)
-            # task-sent is earlier and says when the task entered the queue; received only
-            # stands in for it when the producer sends no task-sent.
-            record.enqueued_at = event.timestamp
-            record.eta = parse_eta(event.eta)
-        if record.pending is not None or self._awaits_sent(record):
+            attempts[attempt] = (event.timestamp, parse_eta(event.eta), False)
+        if record.pending is not None or self._awaits_sent(record, event.hostname, now):
             self._hold(event, record, now)
         else:
             self._count(record, event, now)
+
+    @staticmethod
+    def _attempts(record: _Record) -> dict[int, tuple[float, float | None, bool]]:
+        if record.attempts is None:
+            record.attempts = {}
+        return record.attempts
 
     def _name(self, record: _Record, name: str) -> None:
         if name != record.name:
@@ -253,15 +267,17 @@ class TaskState:
         if timestamp > self.last_seen.get(name, 0.0):
             self.last_seen[name] = timestamp
 
-    def _awaits_sent(self, record: _Record) -> bool:
-        """Whether a task-sent naming the queue is still to come for this record.
+    def _awaits_sent(self, record: _Record, hostname: str, now: float) -> bool:
+        """Whether to hold a task's events for the task-sent that names its queue.
 
         Celery publishes task-sent after the task message itself, so a fast worker's
-        task-received can arrive first. For task names whose producers are known to send
-        task-sent, the worker's events wait for it (up to ``name_wait``) so that every
-        counter of the task carries the queue task-sent names.
+        task-received can arrive first. When nothing else names the queue, the events wait
+        for it (up to ``name_wait``), as long as producers send task-sent at all: one was seen
+        in the last ``SENT_MEMORY`` seconds. Without task-sent nothing is held back.
         """
-        return record.queue is None and record.label in self._sent_names
+        if record.queue is not None or self._resolver.resolve(record.name, hostname):
+            return False
+        return now - self._last_sent < SENT_MEMORY
 
     def _hold(self, event: TaskEvent, record: _Record, now: float) -> None:
         if record.pending is None:
@@ -277,7 +293,7 @@ class TaskState:
 
     def _count(self, record: _Record, event: TaskEvent, now: float) -> None:
         kind = event.type
-        if kind == record.ended:
+        if kind == TASK_FAILED and record.ended == TASK_FAILED:
             # Celery 5.7 sends task-failed twice for a hard time limit (pool and request).
             self.duplicates += 1
             return
@@ -314,18 +330,22 @@ class TaskState:
     def _on_started(self, record: _Record, event: TaskEvent, key: Key3, now: float) -> None:
         record.started_at = event.timestamp
         record.ended = None
+        record.starts += 1
         self.running[event.uuid] = RunningTask(key[0], key[1], event.hostname, event.timestamp, now)
-        if record.enqueued_at is None:
+        if not record.attempts:
+            record.next_attempt += 1
             return
-        since = record.enqueued_at if record.eta is None else max(record.enqueued_at, record.eta)
+        # task-started names no attempt: it starts the lowest one still waiting.
+        attempt = min(record.attempts)
+        enqueued_at, eta, _from_sent = record.attempts.pop(attempt)
+        record.next_attempt = attempt + 1
+        since = enqueued_at if eta is None else max(enqueued_at, eta)
         hist = self.queue_wait.get(key)
         if hist is None:
             hist = self.queue_wait[key] = Histogram(len(self.queue_wait_buckets) + 1)
         wait = max(0.0, event.timestamp - since)
         hist.counts[bisect_left(self.queue_wait_buckets, wait)] += 1
         hist.total += wait
-        record.enqueued_at = record.eta = None
-        record.sent = False
 
     def _observe_duration(self, key: Key4, seconds: float) -> None:
         seconds = max(0.0, seconds)
@@ -337,8 +357,12 @@ class TaskState:
 
     def _finish(self, record: _Record, uuid: str, kind: str) -> None:
         record.ended = kind
-        record.started_at = None
-        self.running.pop(uuid, None)
+        record.ends += 1
+        # A late task-retried of attempt n may arrive after attempt n+1 started: the task is
+        # running until every started attempt has ended.
+        if record.ends >= record.starts:
+            record.started_at = None
+            self.running.pop(uuid, None)
 
     def _release(self, uuid: str, record: _Record, now: float) -> None:
         """Count the events held back for ``uuid`` now that its name is known or overdue."""
@@ -387,8 +411,10 @@ class TaskState:
         found: dict[str, float] = {}
         for uuid in uuids:
             record = self._records.peek(uuid)
-            if record is not None and record.sent and record.enqueued_at is not None:
-                found[uuid] = record.enqueued_at
+            waiting = record.attempts if record is not None else None
+            sent = [at for at, _eta, from_sent in (waiting or {}).values() if from_sent]
+            if sent:
+                found[uuid] = min(sent)
         return found
 
     def queues_seen(self) -> set[str]:

@@ -1,0 +1,184 @@
+"""Waiting, HTTP and /metrics helpers for the end-to-end tests.
+
+Tests never sleep for a fixed time: they poll with ``wait_until`` against a deadline, and fail
+with a message that says what was expected and what was last seen.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+POLL_SECONDS = 0.1
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    message: str | Callable[[], str],
+    *,
+    interval: float = POLL_SECONDS,
+) -> None:
+    """Poll ``predicate`` until it is true; AssertionError with ``message`` after ``timeout`` s.
+
+    ``message`` may be a callable, evaluated only on failure, to report the last state seen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"after {timeout:.0f} s: {text}")
+        time.sleep(interval)
+
+
+class HttpResponse(NamedTuple):
+    status: int
+    body: str
+
+
+def http_get(url: str, timeout: float = 5.0) -> HttpResponse:
+    """GET ``url``; error statuses are returned, not raised (connection errors are)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return HttpResponse(response.status, response.read().decode())
+    except urllib.error.HTTPError as err:
+        with err:
+            return HttpResponse(err.code, err.read().decode())
+
+
+def metrics_text(port: int) -> str:
+    response = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert response.status == 200, f"/metrics answered {response.status}: {response.body[:200]}"
+    return response.body
+
+
+def parse(text: str) -> list[Sample]:
+    """Every sample of an exposition, parsed by prometheus_client's own parser."""
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def scrape(port: int) -> list[Sample]:
+    """The samples the exporter on ``port`` serves now."""
+    return parse(metrics_text(port))
+
+
+def _matches(sample: Sample, name: str, labels: Mapping[str, str]) -> bool:
+    return sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+
+
+def value(samples: Iterable[Sample], name: str, **labels: str) -> float | None:
+    """The value of the one sample ``name`` whose labels include ``labels``; None if none.
+
+    More than one match is an error: the lookup must name a single series.
+    """
+    found = [s for s in samples if _matches(s, name, labels)]
+    if not found:
+        return None
+    assert len(found) == 1, f"{name}{labels} matches {len(found)} series: {found}"
+    return found[0].value
+
+
+def total(samples: Iterable[Sample], name: str, **labels: str) -> float:
+    """Sum of every sample ``name`` whose labels include ``labels`` (0 when there is none)."""
+    return sum(s.value for s in samples if _matches(s, name, labels))
+
+
+def series(samples: Iterable[Sample], name: str) -> list[dict[str, str]]:
+    """The label sets present for ``name``."""
+    return [dict(s.labels) for s in samples if s.name == name]
+
+
+@dataclass
+class Expected:
+    """Exact values expected of some series.
+
+    ``add`` names one series and its value; every metric named this way is also checked to have
+    no other series (its total over all label sets must equal the sum expected), so a stray
+    label value such as ``unknown`` fails the check; ``add_partial`` skips that check.
+    ``absent`` names metrics that must have no series or only zero ones.
+    """
+
+    values: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+    absent: set[str] = field(default_factory=set)
+    partial: set[str] = field(default_factory=set)
+
+    def add(self, name: str, count: float, **labels: str) -> None:
+        self.values.append((name, labels, count))
+
+    def add_partial(self, name: str, count: float, **labels: str) -> None:
+        """Like ``add``, for a metric with other series that are not checked."""
+        self.add(name, count, **labels)
+        self.partial.add(name)
+
+    def mismatches(self, samples: list[Sample]) -> list[str]:
+        """What differs from the expectation, one line each; empty when all is exact."""
+        problems = []
+        totals: dict[str, float] = {}
+        for name, labels, expected in self.values:
+            totals[name] = totals.get(name, 0.0) + expected
+            got = value(samples, name, **labels)
+            if got != expected:
+                problems.append(f"{name}{labels}: expected {expected}, got {got}")
+        for name, expected_total in totals.items():
+            if name in self.partial:
+                continue
+            got_total = total(samples, name)
+            if got_total != expected_total:
+                problems.append(
+                    f"{name}: all series sum to {got_total}, expected {expected_total}; "
+                    f"series present: {series(samples, name)}"
+                )
+        for name in sorted(self.absent):
+            if total(samples, name) != 0:
+                problems.append(f"{name}: expected no series, got {series(samples, name)}")
+        return problems
+
+    def check(self, samples: list[Sample]) -> None:
+        """AssertionError listing every mismatch, unless all is exact."""
+        problems = self.mismatches(samples)
+        assert not problems, "metrics not as expected:\n  " + "\n  ".join(problems)
+
+
+def wait_for_metrics(port: int, expected: Expected, timeout: float) -> list[Sample]:
+    """Scrape until every expected value is exact; the final samples, or AssertionError."""
+    last: list[str] = []
+    samples: list[Sample] = []
+
+    def settled() -> bool:
+        nonlocal samples, last
+        samples = scrape(port)
+        last = expected.mismatches(samples)
+        return not last
+
+    wait_until(settled, timeout, lambda: "metrics not as expected:\n  " + "\n  ".join(last))
+    return samples
+
+
+def wait_for_value(port: int, expected: float, name: str, timeout: float, **labels: str) -> None:
+    """Scrape until ``name{labels}`` is exactly ``expected``."""
+    seen: list[float | None] = [None]
+    present: list[Sample] = []
+
+    def reached() -> bool:
+        samples = scrape(port)
+        present[:] = [s for s in samples if s.name == name]
+        seen[0] = value(samples, name, **labels)
+        return seen[0] == expected
+
+    wait_until(
+        reached,
+        timeout,
+        lambda: (
+            f"{name}{labels} is {seen[0]}, expected {expected}; series present: "
+            + ", ".join(f"{dict(s.labels)}={s.value}" for s in present)
+        ),
+    )

@@ -1,0 +1,446 @@
+"""Real brokers for the end-to-end tests: redis-server and rabbitmq-server on loopback.
+
+Each server runs as a child of the test process, in its own process group and its own temporary
+directory, on free ports picked at start. Nothing goes through systemd or the machine's service
+configuration, and nothing outlives ``close()``: RabbitMQ even gets its own epmd on a private port
+(``ERL_EPMD_PORT``), started and killed by us, so a system epmd is neither used nor touched.
+
+``stop()``/``start()``/``restart()`` keep the ports, so clients can reconnect to the same URL;
+``stop(kill=True)`` is the abrupt crash (SIGKILL) that tests use to cut a broker mid-stream.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, Self
+
+from tests import sample_app
+
+INSTALL_HINT = "apt-get install redis-server rabbitmq-server"
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+LOOPBACK = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceError(RuntimeError):
+    """A service binary is missing or a server did not come up; the message says which."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def wait_ports_closed(ports: list[int], timeout: float) -> None:
+    """Until none of ``ports`` accepts connections (a stopped server really let go of them)."""
+    deadline = time.monotonic() + timeout
+    while any(port_open(port) for port in ports):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"ports {ports} still open {timeout:.0f} s after stop")
+        time.sleep(0.05)
+
+
+def find_binary(name: str, *prefer: Path) -> str:
+    """The path of ``name`` (``prefer`` dirs, then PATH), or ServiceError with the install hint."""
+    for directory in prefer:
+        candidate = directory / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServiceError(f"{name} is not installed; install it with: {INSTALL_HINT}")
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+_LIVE: set[_Process] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Safety net for an interrupted session: no server or worker outlives the test process."""
+    for process in list(_LIVE):
+        process.stop(kill=True)
+
+
+class _Process:
+    """One process in its own process group, its output in a log file."""
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        assert self.proc is None, f"{self.name} is already running"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: killpg reaches every descendant
+        )
+        _LIVE.add(self)
+
+    def wait_port(self, port: int, timeout: float) -> None:
+        """Until ``port`` accepts connections; ServiceError if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not port_open(port):
+            if self.proc is None or self.proc.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited before port {port} opened; log:\n{log_tail(self.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{self.name}: port {port} not open after {timeout:.0f} s; log:\n"
+                    f"{log_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
+        """SIGTERM (or SIGKILL) the process, then SIGKILL its whole group; always reaps it."""
+        proc, self.proc = self.proc, None
+        _LIVE.discard(self)
+        if proc is not None:
+            if proc.poll() is None:
+                if kill:
+                    self._killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+            # Stragglers of the group (erl_child_setup, inet_gethost, ...) go too.
+            self._killpg(proc.pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @staticmethod
+    def _killpg(pgid: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signum)
+
+
+class RedisServer:
+    """redis-server on a free loopback port, no persistence: a restart starts empty."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.binary = find_binary("redis-server")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self._process = _Process("redis-server", workdir / "redis.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    def start(self, timeout: float = 10.0) -> None:
+        argv = [
+            self.binary,
+            "--bind", LOOPBACK,
+            "--port", str(self.port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.workdir),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self._process.spawn(argv)
+        try:
+            self._process.wait_port(self.port, timeout)
+        except ServiceError:
+            self._process.stop(kill=True)
+            raise
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server; ``kill`` makes it a crash (SIGKILL) rather than a shutdown."""
+        self._process.stop(kill=kill)
+        wait_ports_closed([self.port], 10)
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RabbitMQServer:
+    """rabbitmq-server (node rabbit@localhost) with the management plugin, run as root.
+
+    Runs ``/usr/lib/rabbitmq/bin/rabbitmq-server`` directly (the ``/usr/sbin`` wrapper would
+    switch to the rabbitmq user) with HOME, MNESIA and LOG directories of its own. Ports (AMQP,
+    Erlang distribution, management, epmd) are picked free at construction and kept across
+    restarts.
+    """
+
+    NODENAME = "rabbit@localhost"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        amqp_port: int | None = None,
+        dist_port: int | None = None,
+        management_port: int | None = None,
+        epmd_port: int | None = None,
+    ) -> None:
+        self.server_binary = find_binary("rabbitmq-server", RABBITMQ_BIN)
+        self.epmd_binary = find_binary("epmd")
+        self.workdir = workdir
+        self.amqp_port = amqp_port or free_port()
+        self.dist_port = dist_port or free_port()
+        self.management_port = management_port or free_port()
+        self.epmd_port = epmd_port or free_port()
+        for sub in ("home", "mnesia", "log"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+        self._server = _Process("rabbitmq-server", workdir / "server.log")
+        self._epmd = _Process("epmd", workdir / "epmd.log")
+        self._write_config()
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{LOOPBACK}:{self.amqp_port}//"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.management_port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server.running
+
+    def env(self) -> dict[str, str]:
+        """The environment the server and its CLI tools (rabbitmqctl) must share."""
+        base = self.workdir
+        return {
+            **os.environ,
+            "HOME": str(base / "home"),  # .erlang.cookie lives here
+            "RABBITMQ_NODENAME": self.NODENAME,
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_PID_FILE": str(base / "rabbit.pid"),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_EPMD_ADDRESS": LOOPBACK,
+            "ERL_EPMD_PORT": str(self.epmd_port),
+        }
+
+    def _write_config(self) -> None:
+        (self.workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {LOOPBACK}:{self.amqp_port}\n"
+            f"management.tcp.ip = {LOOPBACK}\n"
+            f"management.tcp.port = {self.management_port}\n"
+            "loopback_users = none\n"
+            "collect_statistics_interval = 1000\n"
+        )
+        # What `rabbitmq-plugins enable --offline rabbitmq_management` writes, without
+        # spending a second and a half booting the CLI's Erlang VM to write it.
+        (self.workdir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+
+    def start(self, timeout: float = 60.0) -> None:
+        if not self._epmd.running:
+            self._epmd.spawn(
+                [self.epmd_binary, "-port", str(self.epmd_port), "-address", LOOPBACK],
+                env=self.env(),
+            )
+            self._epmd.wait_port(self.epmd_port, 10)
+        # RABBITMQ_ALLOW_INPUT makes the script exec the VM instead of waiting on it in a shell,
+        # so our child is beam.smp itself and is reaped by us; -noinput keeps the shell off.
+        self._server.spawn(
+            [self.server_binary, "-noinput"], env={**self.env(), "RABBITMQ_ALLOW_INPUT": "1"}
+        )
+        try:
+            self._server.wait_port(self.amqp_port, timeout)
+            self._server.wait_port(self.management_port, 30)
+        except ServiceError:
+            self._server.stop(kill=True)
+            raise
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the node (graceful unless ``kill``); epmd stays for a restart."""
+        self._server.stop(kill=kill, timeout=30)
+        wait_ports_closed([self.amqp_port, self.management_port, self.dist_port], 10)
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def close(self) -> None:
+        """Kill the node and our epmd: the data dir is thrown away, a clean stop takes 6 s."""
+        self.stop(kill=True)
+        self._epmd.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ExporterProcess:
+    """``python -m exporter`` as a real process on a free loopback port; stderr kept in a file."""
+
+    def __init__(self, broker_url: str, workdir: Path, *extra_args: str) -> None:
+        self.broker_url = broker_url
+        self.port = free_port()
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.argv = [
+            sys.executable, "-m", "exporter",
+            "--broker-url", broker_url,
+            "--host", LOOPBACK,
+            "--port", str(self.port),
+            "--inspect-interval-seconds", "2",
+            "--reconnect-max-delay-seconds", "1",
+            *extra_args,
+        ]  # fmt: skip
+        self.stderr_path = workdir / f"exporter-{self.port}.stderr"
+        self._process = _Process("exporter", self.stderr_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self._process.proc is not None, "the exporter is not running"
+        return self._process.proc
+
+    def start(self) -> None:
+        self._process.spawn(self.argv, env=_child_env())
+        self._process.wait_port(self.port, 15)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float) -> int:
+        """SIGTERM; the exit code, or TimeoutExpired (after which the process is killed)."""
+        proc = self.proc
+        proc.terminate()
+        try:
+            return proc.wait(timeout)
+        finally:
+            self._process.stop(kill=True)
+
+    def close(self) -> None:
+        self._process.stop(kill=False, timeout=5)
+
+
+class CeleryWorker:
+    """``celery -A tests.sample_app worker -E`` as a real process, on the given queues."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        workdir: Path,
+        *,
+        name: str,
+        queues: Sequence[str],
+        pool: str = "prefork",
+        concurrency: int = 2,
+        send_sent_event: bool = True,
+    ) -> None:
+        from celery.utils.nodenames import host_format
+
+        self.nodename: str = host_format(f"{name}@%h")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **_child_env(),
+            sample_app.BROKER_ENV: broker_url,
+            sample_app.SEND_SENT_EVENT_ENV: "1" if send_sent_event else "0",
+        }
+        self.argv = [
+            sys.executable, "-m", "celery", "-A", "tests.sample_app", "worker",
+            "-E",
+            "-n", f"{name}@%h",
+            "-Q", ",".join(queues),
+            "-P", pool,
+            "-c", str(concurrency),
+            "--heartbeat-interval", "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel", "INFO",
+        ]  # fmt: skip
+        self.log_path = workdir / f"worker-{name}.log"
+        self._process = _Process(f"worker {name}", self.log_path)
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    def start(self) -> None:
+        self._process.spawn(self.argv, env=self.env)
+
+    def log(self) -> str:
+        return log_tail(self.log_path, 60)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), which sends worker-offline; killed if it hangs."""
+        self._process.stop(kill=False, timeout=20)
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment, with the repository importable and no inherited exporter settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# What the conftest fixtures hand to tests: start a process or server, get its handle.
+ExporterFactory = Callable[..., ExporterProcess]
+WorkerFactory = Callable[..., CeleryWorker]
+ProducerFactory = Callable[..., Any]  # -> a Celery app (celery is untyped)
+RedisFactory = Callable[[], RedisServer]

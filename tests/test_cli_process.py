@@ -1,0 +1,131 @@
+"""The real ``python -m exporter`` process: exit codes, broker outages, secrets, signals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import sample_app as sa
+from tests.helpers import Expected, http_get, scrape, value, wait_for_metrics, wait_until
+from tests.scenarios import wait_worker_up
+from tests.services import (
+    REPO_ROOT,
+    ExporterFactory,
+    ProducerFactory,
+    RedisFactory,
+    WorkerFactory,
+    free_port,
+)
+
+PASSWORD = "secret"  # the value no output may contain
+SETTLE_SECONDS = 40.0
+
+
+@pytest.mark.parametrize(
+    ("flag", "bad_value", "env"),
+    [
+        ("--port", "eighty", "CELERY_EXPORTER_PORT"),
+        ("--inspect-interval-seconds", "-1", "CELERY_EXPORTER_INSPECT_INTERVAL_SECONDS"),
+        ("--log-level", "LOUD", "CELERY_EXPORTER_LOG_LEVEL"),
+        ("--task-duration-buckets", "2,1", "CELERY_EXPORTER_TASK_DURATION_BUCKETS"),
+    ],
+)
+def test_bad_flag_value_exits_2_with_one_line(flag: str, bad_value: str, env: str) -> None:
+    """A wrong flag value makes the process exit with code 2 at once, printing exactly one
+    line on stderr that names the flag and its environment variable, and nothing on stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", flag, bad_value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert flag in lines[0]
+    assert env in lines[0]
+    assert result.stdout == ""
+
+
+def test_broker_down_keeps_serving_and_hides_the_password(
+    exporter_factory: ExporterFactory,
+) -> None:
+    """With the broker down (closed port) the exporter keeps running: /healthz is 200, /readyz
+    503, celery_exporter_source_up 0; the broker password never shows in stderr, /metrics or
+    /readyz; SIGTERM then ends it with exit code 0 within 2 s."""
+    url = f"redis://user:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    exporter = exporter_factory(url, "--log-level", "DEBUG", wait_ready=False)
+
+    wait_until(
+        lambda: "lost the broker" in exporter.stderr(),
+        20,
+        lambda: f"no broker error logged; stderr:\n{exporter.stderr()}",
+    )
+    assert exporter.proc.poll() is None, exporter.stderr()
+    assert http_get(exporter.url + "/healthz").status == 200
+    ready = http_get(exporter.url + "/readyz")
+    assert ready.status == 503, ready
+    metrics = http_get(exporter.url + "/metrics")
+    assert metrics.status == 200
+    assert value(scrape(exporter.port), "celery_exporter_source_up", source="events") == 0
+    assert PASSWORD not in ready.body
+    assert PASSWORD not in metrics.body
+
+    started = time.monotonic()
+    returncode = exporter.terminate(timeout=2.0)
+    elapsed = time.monotonic() - started
+    assert returncode == 0, exporter.stderr()
+    assert elapsed < 2.0
+    assert PASSWORD not in exporter.stderr()
+
+
+@pytest.mark.redis
+def test_redis_restart_reconnects_and_counting_resumes(
+    redis_factory: RedisFactory,
+    exporter_factory: ExporterFactory,
+    worker_factory: WorkerFactory,
+    producer_factory: ProducerFactory,
+) -> None:
+    """Redis is killed after 3 tasks were counted and started again: the exporter reports
+    source_up 0, then reconnects (celery_exporter_source_reconnects_total exactly 1, source_up
+    1), and the 4 tasks sent afterwards are added exactly: 7 sent, received, started and
+    succeeded."""
+    redis = redis_factory()
+    exporter = exporter_factory(redis.url)
+    producer = producer_factory(redis.url)
+    worker = worker_factory(redis.url, queues=[sa.QUEUE_A], pool="solo", name="restart")
+    wait_worker_up(exporter, worker)
+
+    def expect(count: int) -> Expected:
+        labels = {"task": sa.OK, "queue": sa.QUEUE_A, "worker": worker.nodename}
+        exp = Expected()
+        exp.add("celery_task_sent_total", count, task=sa.OK, queue=sa.QUEUE_A)
+        for name in ("received", "started", "succeeded"):
+            exp.add(f"celery_task_{name}_total", count, **labels)
+        return exp
+
+    for i in range(3):
+        producer.send_task(sa.OK, args=[i])
+    wait_for_metrics(exporter.port, expect(3), SETTLE_SECONDS)
+
+    redis.stop(kill=True)
+    wait_until(
+        lambda: value(scrape(exporter.port), "celery_exporter_source_up", source="events") == 0,
+        10,
+        "source_up did not drop to 0 with Redis killed",
+    )
+    redis.start()
+    reconnected = Expected()
+    reconnected.add("celery_exporter_source_up", 1, source="events")
+    reconnected.add("celery_exporter_source_reconnects_total", 1, source="events")
+    wait_for_metrics(exporter.port, reconnected, 20)
+
+    for i in range(4):
+        producer.send_task(sa.OK, args=[i])
+    samples = wait_for_metrics(exporter.port, expect(7), SETTLE_SECONDS)
+    reconnected.check(samples)

