@@ -1,0 +1,1 @@
+"""Alert and recording rules for the Celery exporter, rendered from alerts/config.yml."""

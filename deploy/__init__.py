@@ -1,0 +1,1 @@
+"""Kubernetes deployment of the exporter: kustomize bases and overlays, and their generator."""
