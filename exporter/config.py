@@ -143,7 +143,21 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="RabbitMQ: message TTL of the exporter's event queue."
     )
     amqp_event_queue_max_length: int = Field(
-        default=500_000, ge=1, description="RabbitMQ: length bound of the exporter's event queue."
+        default=100_000,
+        ge=1,
+        description="RabbitMQ: messages the exporter's event queue holds at most (oldest "
+        "dropped first, and counted).",
+    )
+    amqp_event_queue_max_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024,
+        description="RabbitMQ: bytes the exporter's event queue holds at most.",
+    )
+    amqp_dead_letter_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="RabbitMQ: bytes of dropped messages waiting to be counted at most (it "
+        "fills only while the exporter is stalled).",
     )
 
     # --- HTTP ---
@@ -316,6 +330,19 @@ class Settings(BaseSettings):
         description="Read the unacked hash to attribute it to queues only while it holds at "
         "most this many messages (Redis).",
     )
+    rabbitmq_management_url: SecretStr | None = Field(
+        default=None,
+        description="RabbitMQ management API (http://user:password@host:15672): every queue of "
+        "the broker URL's vhost is discovered there, with unacked counts and consumer "
+        "utilisation; user and password default to the broker URL's.",
+    )
+    rabbitmq_management_password: SecretStr | None = Field(
+        default=None,
+        description="Management API password (prefer rabbitmq_management_password_file).",
+    )
+    rabbitmq_management_password_file: Path | None = Field(
+        default=None, description="Read the management API password from this file."
+    )
 
     # --- Beat ---
     beat_heartbeat_task: str | None = Field(
@@ -441,6 +468,7 @@ class Settings(BaseSettings):
                 f"broker_url {shown} is not supported; use one of "
                 + ", ".join(sorted(SUPPORTED_SCHEMES))
             )
+        self._check_rabbitmq_management(scheme)
         beat_scheme = url_scheme(self.resolved_beat_redis_url())
         if self.beat_redis_sources() and beat_scheme not in REDIS_SCHEMES:
             raise ValueError(
@@ -474,6 +502,26 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} is not a readable file")
+
+    def _check_rabbitmq_management(self, broker_scheme: str) -> None:
+        if self.rabbitmq_management_url is None:
+            return
+        if broker_scheme not in AMQP_SCHEMES:
+            raise ValueError("rabbitmq_management_url needs an amqp:// broker_url")
+        if url_scheme(self.rabbitmq_management_url.get_secret_value()) not in ("http", "https"):
+            raise ValueError("rabbitmq_management_url must be an http:// or https:// URL")
+        path = self.rabbitmq_management_password_file
+        if path is not None and not path.is_file():
+            raise ValueError(f"rabbitmq_management_password_file {path} is not a readable file")
+
+    def rabbitmq_management_password_value(self) -> str | None:
+        """The management API password given apart from the URL (its file wins), if any."""
+        if self.rabbitmq_management_password_file is not None:
+            text = self.rabbitmq_management_password_file.read_text(encoding="utf-8")
+            return text.strip()
+        if self.rabbitmq_management_password is not None:
+            return self.rabbitmq_management_password.get_secret_value()
+        return None
 
     def web_password(self) -> str | None:
         """The basic auth password, from its file when given."""

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 
 from exporter.brokers.amqp_queues import AmqpQueueProbe
+from exporter.brokers.rabbitmq_management import management_client
 from exporter.brokers.redis_beat import RedisBeatProbe
 from exporter.brokers.redis_queues import RedisQueueProbe
 from exporter.collectors.registry import build_registry
-from exporter.config import AMQP_SCHEMES, Settings, url_scheme
+from exporter.config import AMQP_SCHEMES, REDIS_SCHEMES, Settings, url_scheme
 from exporter.events.source import EventSource, build_event_source
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
 from exporter.inspect import Inspector, InspectStats, load_app_router
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 1.0
 SHUTDOWN_SECONDS = 1.5
+DROPS_SHOWN_SECONDS = 300.0
 
 
 class Daemon:
@@ -147,7 +149,9 @@ class Daemon:
         state = QueueState(configured=settings.queues, forget_after=settings.queue_forget_seconds)
         timeout = settings.broker_connect_timeout_seconds
         probe: RedisQueueProbe | AmqpQueueProbe
-        if url_scheme(url) in AMQP_SCHEMES:
+        scheme = url_scheme(url)
+        if scheme in AMQP_SCHEMES:
+            management = settings.rabbitmq_management_url
             probe = AmqpQueueProbe(
                 url=url,
                 transport_options=dict(settings.broker_transport_options),
@@ -155,7 +159,17 @@ class Daemon:
                 state=state,
                 seen_queues=self._queues_seen,
                 clock=self._clock,
+                management=management_client(
+                    url=management.get_secret_value() if management else None,
+                    password=settings.rabbitmq_management_password_value(),
+                    broker_url=url,
+                    timeout=timeout,
+                ),
             )
+        elif scheme not in REDIS_SCHEMES:
+            # Settings refuse other schemes today; should one be let in, it runs without depth.
+            log.warning("queue depth is not supported on %s:// brokers: not polled", scheme)
+            return state
         else:
             probe = RedisQueueProbe(
                 url=url,
@@ -202,6 +216,12 @@ class Daemon:
     def readiness(self) -> Readiness:
         """Ready when the event source is connected and, if asked, events are fresh."""
         checks = {"events_source": "connected" if self.source.status.connected else "down"}
+        dropped_at = self.pipeline.last_broker_drop()
+        if dropped_at is not None and self._clock() - dropped_at < DROPS_SHOWN_SECONDS:
+            # Degraded, not unready: restarting the exporter would only lose more.
+            checks["broker_drops"] = (
+                f"events dropped by the broker {self._clock() - dropped_at:.0f}s ago"
+            )
         ready = self.source.status.connected
         max_age = self.settings.ready_max_event_age_seconds
         if max_age > 0:

@@ -7,6 +7,7 @@ per batch rather than once per event.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
@@ -25,6 +26,8 @@ from exporter.state.tasks import TaskSnapshot, TaskState
 from exporter.state.workers import WorkerSnapshot, WorkerState
 
 log = logging.getLogger(__name__)
+
+DROP_INCIDENT_GAP = 60.0
 
 Clock = Callable[[], float]
 
@@ -68,6 +71,7 @@ class EventPipeline:
         self._dropped: dict[str, int] = {}
         self._last_event_at: float | None = None
         self._last_event_lag: float | None = None
+        self._last_broker_drop = -math.inf
 
     def feed_redis(self, messages: Iterable[bytes]) -> None:
         """Apply kombu Redis envelopes, as published on the event channel."""
@@ -80,6 +84,36 @@ class EventPipeline:
     def feed_body(self, body: bytes, content_type: str | None) -> None:
         """Apply one AMQP message body of the given content type."""
         self.apply(decode_body(body, content_type, self._max_event_bytes))
+
+    def feed_bodies(self, messages: Iterable[tuple[bytes, str | None]]) -> None:
+        """Apply AMQP message bodies, each with its content type."""
+        limit = self._max_event_bytes
+        decoded: list[Decoded] = []
+        for body, content_type in messages:
+            decoded += decode_body(body, content_type, limit)
+        self.apply(decoded)
+
+    def note_broker_drop(self, reason: DropReason, events: int) -> None:
+        """Count events the broker dropped before we could read them.
+
+        Logged at WARNING when an incident starts (no drop in the previous minute).
+        """
+        now = self._clock()
+        with self.lock:
+            self._dropped[reason.value] = self._dropped.get(reason.value, 0) + events
+            quiet = now - self._last_broker_drop > DROP_INCIDENT_GAP
+            self._last_broker_drop = now
+        if quiet:
+            log.warning(
+                "the broker dropped %d event(s) (%s) before they were read: the exporter "
+                "fell behind; see celery_exporter_events_dropped_total",
+                events,
+                reason.value,
+            )
+
+    def last_broker_drop(self) -> float | None:
+        """When the broker last dropped events for us (our clock), if ever."""
+        return None if self._last_broker_drop == -math.inf else self._last_broker_drop
 
     def apply(self, decoded: list[Decoded]) -> None:
         """Apply decoded events and count refusals, all under one lock acquisition."""

@@ -13,7 +13,8 @@ from exporter.state.routing import QueueResolver
 
 
 class QueueCollector:
-    """Depth, unacked, oldest ages and consumers per queue; reads the poller's cache only."""
+    """Depth, unacked, oldest ages, consumers and their utilisation per queue; reads the
+    poller's cache only."""
 
     def __init__(
         self,
@@ -31,11 +32,17 @@ class QueueCollector:
         self._clock = clock
 
     def collect(self) -> Iterable[Metric]:
+        yield from self._broker_families()
+        yield self._workers_family()
+
+    def _broker_families(self) -> Iterable[Metric]:
+        """What the last broker poll read."""
         now = self._clock()
         length, priority = defs.QUEUE_LENGTH.gauge(), defs.QUEUE_LENGTH_BY_PRIORITY.gauge()
         unacked, consumers = defs.QUEUE_UNACKED.gauge(), defs.QUEUE_CONSUMERS.gauge()
         oldest = defs.QUEUE_OLDEST_MESSAGE_AGE.gauge()
         oldest_unacked = defs.QUEUE_OLDEST_UNACKED_AGE.gauge()
+        utilisation = defs.QUEUE_CONSUMER_UTILISATION.gauge()
         for queue, reading in self._state.read().items():
             labels = [queue]
             length.add_metric(labels, reading.length)
@@ -50,9 +57,14 @@ class QueueCollector:
                 oldest.add_metric(labels, max(0.0, now - reading.oldest_message_at))
             if reading.oldest_unacked_at is not None:
                 oldest_unacked.add_metric(labels, max(0.0, now - reading.oldest_unacked_at))
-        yield from (length, unacked, oldest, oldest_unacked, consumers)
+            if reading.consumer_utilisation is not None:
+                utilisation.add_metric(labels, reading.consumer_utilisation)
+        yield from (length, unacked, oldest, oldest_unacked, consumers, utilisation)
         if self._by_priority:
             yield priority
+
+    def _workers_family(self) -> Metric:
+        """Live workers per queue, from inspection."""
         _, workers = self._pipeline.worker_snapshot()
         live = {worker.hostname for worker in workers if worker.up}
         per_queue: dict[str, int] = {}
@@ -63,4 +75,4 @@ class QueueCollector:
         workers_family = defs.QUEUE_WORKERS.gauge()
         for queue, count in per_queue.items():
             workers_family.add_metric([queue], count)
-        yield workers_family
+        return workers_family

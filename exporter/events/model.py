@@ -82,6 +82,10 @@ class DropReason(enum.StrEnum):
     INVALID_EVENT = "invalid_event"
     OVERSIZED = "oversized"
     DUPLICATE = "duplicate"  # an attempt's end event seen again (not counted twice)
+    # Dropped by RabbitMQ from our event queue, counted through dead-lettering (in events).
+    BROKER_TTL = "broker_ttl"
+    BROKER_OVERFLOW = "broker_overflow"
+    BROKER_OTHER = "broker_other"
 
 
 class Dropped(NamedTuple):

@@ -171,6 +171,11 @@ QUEUE_CONSUMERS = MetricDef(
     "celery_queue_consumers", "gauge", "Consumers the broker counts on the queue (RabbitMQ).",
     ("queue",),
 )  # fmt: skip
+QUEUE_CONSUMER_UTILISATION = MetricDef(
+    "celery_queue_consumer_utilisation", "gauge",
+    "Share of time the queue could deliver to its consumers at once; below 1 the consumers "
+    "(prefetch, concurrency) hold it back (RabbitMQ management API).", ("queue",),
+)  # fmt: skip
 QUEUE_WORKERS = MetricDef(
     "celery_queue_workers", "gauge",
     "Live workers consuming the queue, as learned by inspection.", ("queue",),

@@ -16,6 +16,7 @@ class QueueReading(NamedTuple):
     oldest_message_at: float | None = None  # unix time the oldest waiting message was sent
     oldest_unacked_at: float | None = None  # unix time the oldest unacked one was delivered
     consumers: int | None = None
+    consumer_utilisation: float | None = None  # RabbitMQ management API, 0..1
 
 
 class QueueState:
