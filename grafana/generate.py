@@ -693,8 +693,12 @@ def exporter() -> model.Dashboard:
     b.timeseries(
         "Reconnects", "short",
         [(f"sum by (instance, source) ({b.increase(defs.SOURCE_RECONNECTS)})",
-          "{{instance}} {{source}}")],
-        description="Broker connections re-established after a loss.",
+          "{{instance}} {{source}} reconnects"),
+         (f"sum by (instance, source, reason) ({b.increase(defs.SOURCE_DISCONNECTS)})",
+          "{{instance}} {{source}} disconnected: {{reason}}")],
+        description="Broker connections re-established after a loss, and the disconnects "
+        "the broker made by likely cause (slow_consumer: Redis cut off a subscriber that "
+        "fell behind).",
     )  # fmt: skip
     b.row("Events")
     b.timeseries(

@@ -52,12 +52,14 @@ class ExporterCollector:
         tracked.add_metric([], stats.tracked_tasks)
         yield tracked
         up, reconnects = defs.SOURCE_UP.gauge(), defs.SOURCE_RECONNECTS.counter()
-        buffered = defs.EVENT_BUFFER.gauge()
+        disconnects, buffered = defs.SOURCE_DISCONNECTS.counter(), defs.EVENT_BUFFER.gauge()
         for source in self._sources:
             up.add_metric([source.name], 1.0 if source.connected else 0.0)
             reconnects.add_metric([source.name], source.reconnects)
+            for reason, count in source.disconnects.items():
+                disconnects.add_metric([source.name, reason], count)
         buffered.add_metric([], sum(source.buffered_bytes for source in self._sources))
-        yield from (up, reconnects, buffered)
+        yield from (up, reconnects, disconnects, buffered)
         last, lag = defs.LAST_EVENT.gauge(), defs.EVENT_LAG.gauge()
         if stats.last_event_at is not None and stats.last_event_lag is not None:
             last.add_metric([], stats.last_event_at)

@@ -11,9 +11,11 @@ hiredis and decodes them in bulk. A burst then waits in our buffer instead of Re
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import socket
 import threading
+import time
 from typing import Any
 
 import hiredis
@@ -31,6 +33,9 @@ READ_SIZE = 256 * 1024
 # overhead, small enough that a scrape never waits long for the lock.
 BATCH_BYTES = 512 * 1024
 POLL_SECONDS = 0.5
+# Redis's default pubsub limit disconnects after 60 s over the soft limit: a backed-up reader
+# within that window makes a disconnect look like that.
+SLOW_CONSUMER_WINDOW = 90.0
 # redis-py negotiates RESP3 when it can: pub/sub messages then arrive as push frames.
 _ARRAY_TYPES = (list, hiredis.PushNotification)
 
@@ -62,6 +67,11 @@ class _SocketReader(threading.Thread):
         self.chunks: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
         self.read_bytes = 0
         self.consumed_bytes = 0  # written by the consuming thread
+        self._paused_at = -math.inf
+
+    def paused_recently(self) -> bool:
+        """Whether the reader stopped reading for backpressure within the last minutes."""
+        return time.monotonic() - self._paused_at < SLOW_CONSUMER_WINDOW
 
     def run(self) -> None:
         sock, chunks, stop = self._sock, self.chunks, self._stop_event
@@ -72,6 +82,7 @@ class _SocketReader(threading.Thread):
                 if backlog > self._limit:
                     # Stop reading: the backlog now waits in Redis (and may get us cut off,
                     # which is counted as a reconnect) rather than growing our memory.
+                    self._paused_at = time.monotonic()
                     stop.wait(0.005)
                     continue
                 try:
@@ -137,9 +148,11 @@ class RedisSession:
             except queue.Empty:
                 continue
             size = 0
+            ended: BaseException | None = None
             while True:
                 if isinstance(chunk, BaseException):
-                    raise chunk
+                    ended = chunk  # after what was read before it is applied
+                    break
                 parser.feed(chunk)
                 size += len(chunk)
                 if size >= BATCH_BYTES:
@@ -163,3 +176,21 @@ class RedisSession:
                 reply = parser.gets()
             feed(messages)
             reader.consumed_bytes += size
+            if ended is not None:
+                raise self._classify(ended, reader, partial=parser.has_data())
+
+    def _classify(
+        self, ended: BaseException, reader: _SocketReader, *, partial: bool
+    ) -> BaseException:
+        """Count the disconnect by its likely cause; say so once in the log."""
+        slow = partial or reader.paused_recently()
+        reason = (
+            "slow_consumer" if slow else "closed" if isinstance(ended, SubscriberLost) else "error"
+        )
+        self.status.disconnected(reason)
+        if slow:
+            return SubscriberLost(
+                f"{ended}; it cut a message short or came while the reader was backed up, as "
+                "when Redis disconnects a slow subscriber (client-output-buffer-limit pubsub)"
+            )
+        return ended

@@ -19,6 +19,7 @@ class SourceStatus:
         self.connected = False
         self.reconnects = 0
         self.buffered_bytes = 0
+        self.disconnects: dict[str, int] = {}  # by reason; written by the source thread only
         self._ever_connected = False
         self._lost_at: float | None = None
 
@@ -33,6 +34,10 @@ class SourceStatus:
         self._ever_connected = True
         self._lost_at = None
         self.connected = True
+
+    def disconnected(self, reason: str) -> None:
+        """Count a connection the broker ended, by its likely cause."""
+        self.disconnects = {**self.disconnects, reason: self.disconnects.get(reason, 0) + 1}
 
     def mark_lost(self, reason: str) -> None:
         """Record a lost connection; logged on the first failure of an outage only."""

@@ -242,6 +242,11 @@ SOURCE_RECONNECTS = MetricDef(
     "celery_exporter_source_reconnects_total", "counter",
     "Connections re-established after the broker connection was lost.", ("source",),
 )  # fmt: skip
+SOURCE_DISCONNECTS = MetricDef(
+    "celery_exporter_source_disconnects_total", "counter",
+    "Connections the broker ended, by likely cause (slow_consumer: Redis's pubsub output "
+    "buffer limit; closed; error).", ("source", "reason"),
+)  # fmt: skip
 EVENT_BUFFER = MetricDef(
     "celery_exporter_event_buffer_bytes", "gauge",
     "Bytes read from the broker and not yet decoded.",
