@@ -146,7 +146,11 @@ class Daemon:
     def _queue_poller(self, url: str) -> QueueState:
         """The queue state and the poller that fills it, for the broker's transport."""
         settings = self.settings
-        state = QueueState(configured=settings.queues, forget_after=settings.queue_forget_seconds)
+        state = QueueState(
+            configured=settings.queues,
+            forget_after=settings.queue_forget_seconds,
+            max_queues=settings.max_queues,
+        )
         timeout = settings.broker_connect_timeout_seconds
         probe: RedisQueueProbe | AmqpQueueProbe
         scheme = url_scheme(url)
@@ -179,6 +183,7 @@ class Daemon:
                 events_exchange=settings.events_exchange,
                 seen_queues=self._queues_seen,
                 sent_times=self.pipeline.sent_at,
+                sent_seen=self.pipeline.sends_task_sent,
                 clock=self._clock,
                 discovery_interval=settings.queue_discovery_interval_seconds,
                 max_unacked_scan=settings.queue_max_unacked_scan,

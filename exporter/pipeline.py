@@ -194,6 +194,12 @@ class EventPipeline:
         with self.lock:
             return self.tasks.sent_at(uuids)
 
+    def sends_task_sent(self) -> bool:
+        """Whether producers were seen sending task-sent lately."""
+        now = self._clock()
+        with self.lock:
+            return self.tasks.sent_recently(now)
+
     def queues_seen(self) -> set[str]:
         """Queues named by task-sent events so far."""
         with self.lock:

@@ -578,6 +578,13 @@ def queues() -> model.Dashboard:
         description="Consumers the broker counts on each queue (RabbitMQ).",
     )  # fmt: skip
     b.timeseries(
+        "Consumer utilisation", "percentunit",
+        [(f"max by (queue) ({b.sel(defs.QUEUE_CONSUMER_UTILISATION)})", "{{queue}}")],
+        description="Share of time each queue could deliver to its consumers at once; below "
+        "100% prefetch or concurrency hold it back (RabbitMQ, --rabbitmq-management-url).",
+        max_val=1,
+    )  # fmt: skip
+    b.timeseries(
         "Workers per queue vs expected", "short",
         [(f"max by (queue) ({b.sel(defs.QUEUE_WORKERS)})", "{{queue}}"),
          (f"max by (queue) ({b.sel(defs.QUEUE_WORKERS_EXPECTED)})", "{{queue}} expected")],

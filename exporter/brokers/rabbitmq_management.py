@@ -14,6 +14,7 @@ as basic auth, and errors name the URL without them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 from typing import Any, NamedTuple
@@ -144,11 +145,10 @@ class ManagementClient:
     def __init__(self, *, credentials: Credentials, vhost: str, timeout: float) -> None:
         self.base_url = credentials.base_url  # no userinfo: safe to log
         self.vhost = vhost
-        self._auth = (
-            aiohttp.BasicAuth(credentials.username, credentials.password or "")
-            if credentials.username is not None
-            else None
-        )
+        self._headers = {"Accept": "application/json"}
+        if credentials.username is not None:
+            userinfo = f"{credentials.username}:{credentials.password or ''}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(userinfo).decode()
         self._url = yarl.URL(
             f"{self.base_url}{queues_path(vhost)}?columns={','.join(COLUMNS)}", encoded=True
         )
@@ -164,8 +164,8 @@ class ManagementClient:
     async def _fetch(self) -> list[ManagementQueue]:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with (
-            aiohttp.ClientSession(timeout=timeout, auth=self._auth) as session,
-            session.get(self._url, headers={"Accept": "application/json"}) as response,
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(self._url, headers=self._headers) as response,
         ):
             if response.status != 200:
                 raise ManagementError(

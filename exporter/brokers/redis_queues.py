@@ -3,7 +3,8 @@
 kombu keeps a queue as one list per priority step (``queue``, ``queue<sep>3``, ...; step 0 is
 the bare name and is consumed first), pushes on the left and pops on the right, records
 bindings in ``_kombu.binding.<exchange>`` sets, and keeps delivered-but-unacked messages in the
-DB-wide ``unacked`` hash and ``unacked_index`` sorted set. Every key carries the transport's
+DB-wide ``unacked`` hash and ``unacked_index`` sorted set (names the ``unacked_key`` and
+``unacked_index_key`` transport options can change). Every key carries the transport's
 ``global_keyprefix``, which kombu adds itself only for some commands, so this module uses a
 plain client on kombu's connection pool and prefixes every key itself.
 """
@@ -35,6 +36,11 @@ def parse_binding(member: bytes, sep: str) -> tuple[str, str] | None:
     return parts[0], parts[2]
 
 
+def queue_key(queue: str, step: int, *, prefix: str, sep: str) -> str:
+    """The list holding ``queue``'s messages of priority step ``step``, as kombu names it."""
+    return f"{prefix}{queue}{sep}{step}" if step else f"{prefix}{queue}"
+
+
 def message_task_id(raw: bytes | None) -> str | None:
     """The task id in a kombu envelope (protocol 2 puts it in the headers)."""
     if not raw:
@@ -61,6 +67,7 @@ class RedisQueueProbe:
         events_exchange: str,
         seen_queues: Callable[[], Iterable[str]],
         sent_times: Callable[[list[str]], dict[str, float]],
+        sent_seen: Callable[[], bool],
         clock: Callable[[], float],
         discovery_interval: float,
         max_unacked_scan: int,
@@ -71,6 +78,7 @@ class RedisQueueProbe:
         self._events_exchange = events_exchange
         self._seen_queues = seen_queues
         self._sent_times = sent_times
+        self._sent_seen = sent_seen
         self._clock = clock
         self._discovery_interval = discovery_interval
         self._max_unacked_scan = max_unacked_scan
@@ -82,12 +90,17 @@ class RedisQueueProbe:
         self._discovered: list[str] = []
         self._routes: dict[tuple[str, str], str] = {}
         self._last_unacked = 0
+        self._unacked_key = "unacked"
+        self._unacked_index_key = "unacked_index"
 
     def _connect(self) -> None:
         channel: Any = self._conn.default_channel
         self._prefix = getattr(channel, "global_keyprefix", "") or ""
         self._sep = channel.sep
         self._steps = sorted(set(channel.priority_steps)) or [0]
+        # Renamed by the unacked_key / unacked_index_key transport options.
+        self._unacked_key = f"{self._prefix}{channel.unacked_key}"
+        self._unacked_index_key = f"{self._prefix}{channel.unacked_index_key}"
         # Same pool (URL, TLS, Sentinel), without kombu's partial key prefixing.
         self._client = redis.Redis(connection_pool=channel.client.connection_pool)
 
@@ -108,7 +121,7 @@ class RedisQueueProbe:
 
     def key(self, queue: str, step: int) -> str:
         """The list holding ``queue``'s messages of priority step ``step``."""
-        return f"{self._prefix}{queue}{self._sep}{step}" if step else f"{self._prefix}{queue}"
+        return queue_key(queue, step, prefix=self._prefix, sep=self._sep)
 
     def _discover(self) -> None:
         """Queues named in kombu's binding tables, and how routing keys map to them."""
@@ -137,29 +150,35 @@ class RedisQueueProbe:
 
     def _poll(self, targets: list[str], now: float) -> dict[str, QueueReading]:
         steps = self._steps
+        # A waiting message's age is known only from its task-sent: without task-sent events
+        # reading the oldest messages (whole) would be wasted work.
+        tails_wanted = self._sent_seen()
         pipe = self._client.pipeline(transaction=False)
         for queue in targets:
             for step in steps:
                 key = self.key(queue, step)
                 pipe.llen(key)
-                pipe.lindex(key, -1)  # the consuming end: the oldest message
-        pipe.hlen(f"{self._prefix}unacked")
+                if tails_wanted:
+                    pipe.lindex(key, -1)  # the consuming end: the oldest message
+        pipe.hlen(self._unacked_key)
         # The unacked hash is read whole only while it stayed small at the previous poll,
         # so a huge backlog of prefetched messages cannot make every poll expensive.
         scan_unacked = 0 < self._last_unacked <= self._max_unacked_scan
         if scan_unacked:
-            pipe.hgetall(f"{self._prefix}unacked")
-            pipe.zrange(f"{self._prefix}unacked_index", 0, -1, withscores=True)
+            pipe.hgetall(self._unacked_key)
+            pipe.zrange(self._unacked_index_key, 0, -1, withscores=True)
         results = pipe.execute()
         unacked = self._unacked(results[-2], results[-1]) if scan_unacked else {}
         self._last_unacked = results[-3] if scan_unacked else results[-1]
-        per_queue = len(steps) * 2
+        stride = 2 if tails_wanted else 1
+        per_queue = len(steps) * stride
         tails: dict[str, list[str]] = {}
         readings: dict[str, QueueReading] = {}
         for index, queue in enumerate(targets):
             chunk = results[index * per_queue : (index + 1) * per_queue]
-            by_priority = {step: chunk[i * 2] for i, step in enumerate(steps)}
-            tails[queue] = [tid for tid in map(message_task_id, chunk[1::2]) if tid]
+            by_priority = {step: chunk[i * stride] for i, step in enumerate(steps)}
+            if tails_wanted:
+                tails[queue] = [tid for tid in map(message_task_id, chunk[1::2]) if tid]
             count, oldest_delivery = unacked.get(queue, (0, None))
             readings[queue] = QueueReading(
                 length=sum(by_priority.values()),
@@ -167,7 +186,7 @@ class RedisQueueProbe:
                 unacked=count if scan_unacked or not self._last_unacked else None,
                 oldest_unacked_at=oldest_delivery,
             )
-        sent = self._sent_times([tid for ids in tails.values() for tid in ids])
+        sent = self._sent_times([tid for ids in tails.values() for tid in ids]) if tails else {}
         for queue, ids in tails.items():
             times = [sent[tid] for tid in ids if tid in sent]
             if times:

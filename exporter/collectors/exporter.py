@@ -16,6 +16,7 @@ from exporter.inspect import InspectStats
 from exporter.metrics import defs
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
+from exporter.state.queues import QueueState
 
 
 class ExporterCollector:
@@ -29,12 +30,14 @@ class ExporterCollector:
         results: CollectorResults,
         inspections: InspectStats | None,
         pollers: Sequence[Poller],
+        queues: QueueState | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._sources = sources
         self._results = results
         self._inspections = inspections
         self._pollers = pollers
+        self._queues = queues
         self._build = [__version__, platform.python_version(), kombu.__version__]
 
     def collect(self) -> Iterable[Metric]:
@@ -47,6 +50,8 @@ class ExporterCollector:
         yield _by_label(defs.STATE_EVICTIONS.counter(), stats.evictions)
         overflows = dict(stats.label_overflows)
         overflows["worker"] += stats.workers_over_limit
+        if self._queues is not None:
+            overflows["queue"] += self._queues.refused
         yield _by_label(defs.LABEL_OVERFLOW.counter(), overflows)
         tracked = defs.TRACKED_TASKS.gauge()
         tracked.add_metric([], stats.tracked_tasks)

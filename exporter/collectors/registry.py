@@ -89,6 +89,7 @@ def build_registry(
                 results=results,
                 inspections=inspector.stats if inspector else None,
                 pollers=pollers,
+                queues=queues,
             ),
         )
     )

@@ -232,7 +232,8 @@ TRACKED_TASKS = MetricDef(
 )
 LABEL_OVERFLOW = MetricDef(
     "celery_exporter_label_overflow_total", "counter",
-    "Label values folded into 'other' because the label's limit was reached.", ("label",),
+    "Label values folded into 'other' (or queues not polled) because the limit was reached.",
+    ("label",),
 )  # fmt: skip
 SOURCE_UP = MetricDef(
     "celery_exporter_source_up", "gauge",

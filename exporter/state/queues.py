@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterable
 from typing import NamedTuple
 
+_REFUSED_REMEMBERED = 10_000
+
 
 class QueueReading(NamedTuple):
     """One queue at one poll; None where the broker cannot tell."""
@@ -22,12 +24,17 @@ class QueueReading(NamedTuple):
 class QueueState:
     """The latest readings (swapped whole by the poller) and the queues learned over time."""
 
-    def __init__(self, *, configured: Iterable[str], forget_after: float) -> None:
+    def __init__(
+        self, *, configured: Iterable[str], forget_after: float, max_queues: int = 500
+    ) -> None:
         self._lock = threading.Lock()
         self._readings: dict[str, QueueReading] = {}
         self.configured = tuple(dict.fromkeys(configured))
         self._forget_after = forget_after
+        self._max_learned = max(0, max_queues - len(self.configured))
         self._last_seen: dict[str, float] = {}
+        self.refused = 0  # learned queues not polled because max_queues was reached
+        self._refused: set[str] = set()
 
     def publish(self, readings: dict[str, QueueReading]) -> None:
         with self._lock:
@@ -39,8 +46,15 @@ class QueueState:
 
     def targets(self, seen: Iterable[str], now: float) -> list[str]:
         """Queues to poll: configured ones always, others while seen within ``forget_after``."""
-        for queue in seen:
-            self._last_seen[queue] = now
         deadline = now - self._forget_after
         self._last_seen = {q: t for q, t in self._last_seen.items() if t >= deadline}
+        for queue in seen:
+            if queue in self._last_seen or len(self._last_seen) < self._max_learned:
+                self._last_seen[queue] = now
+            elif queue not in self.configured and queue not in self._refused:
+                # Every series is bounded: past max_queues, newly learned queues wait until
+                # others are forgotten. Each such queue is counted once.
+                if len(self._refused) < _REFUSED_REMEMBERED:
+                    self._refused.add(queue)
+                self.refused += 1
         return list(dict.fromkeys([*self.configured, *self._last_seen]))

@@ -277,6 +277,10 @@ class TaskState:
         """
         if record.queue is not None or self._resolver.resolve(record.name, hostname):
             return False
+        return self.sent_recently(now)
+
+    def sent_recently(self, now: float) -> bool:
+        """Whether a task-sent arrived within the last ``SENT_MEMORY`` seconds."""
         return now - self._last_sent < SENT_MEMORY
 
     def _hold(self, event: TaskEvent, record: _Record, now: float) -> None:
