@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import kombu
+import redis
 
 from exporter.state.beat import BeatReadings, BeatState, RedBeatReading, parse_heartbeat_value
 
@@ -40,9 +41,10 @@ class RedisBeatProbe:
     def __call__(self) -> None:
         if self._client is None:
             channel: Any = self._conn.default_channel
-            # kombu prefixes the SET the heartbeat task makes, but not GET: add it ourselves.
+            # kombu prefixes the SET the heartbeat task makes but not GET, and some commands
+            # but not others: a plain client on its pool, keys prefixed here where they are.
             self._key_prefix = getattr(channel, "global_keyprefix", "") or ""
-            self._client = channel.client
+            self._client = redis.Redis(connection_pool=channel.client.connection_pool)
         try:
             readings = self._read()
         except Exception:

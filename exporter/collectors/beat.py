@@ -61,7 +61,8 @@ class BeatCollector:
         for source, heartbeat in self._heartbeats().items():
             if heartbeat is not None:
                 last.add_metric([source], heartbeat)
-            alive = heartbeat is not None and now - heartbeat <= self._max_age
+            # A heartbeat from the future (skew, a key written in milliseconds) proves nothing.
+            alive = heartbeat is not None and -self._max_age <= now - heartbeat <= self._max_age
             up.add_metric([source], 1.0 if alive else 0.0)
         yield last
         yield up

@@ -3,6 +3,7 @@ TaskState's watched task names)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -26,10 +27,12 @@ def parse_heartbeat_value(raw: bytes | str | None, fmt: str) -> float | None:
     text = text.strip()
     if fmt in ("unix", "auto"):
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             if fmt == "unix":
                 return None
+        else:
+            return number if math.isfinite(number) else None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
