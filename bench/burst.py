@@ -1,0 +1,114 @@
+"""Throughput: a recorded burst published at full speed into a fresh exporter."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+from bench import truth
+from bench.monitor import Completion, completion, publish_until_idle
+from bench.procs import ExporterProcess, ProcStats, RedisServer
+from bench.profile import Profile, PySpy
+from bench.publish import BurstResult, Publisher, pack
+from bench.recording import Message
+from bench.report import MIB, Figure, Section, at_least, below, equals
+
+# Targets from the brief (see also /work/shared/notes/performance.md for other exporters).
+TARGET_RATE = {"unbatched": 60_000.0, "batched": 83_000.0}
+TARGET_PEAK_RSS_MIB = 80.0
+
+
+class _Run(NamedTuple):
+    published: BurstResult
+    done: Completion
+    idle_rss: int
+    stats: ProcStats  # after the burst
+    page: str  # /metrics after the burst
+    log: str  # the end of the exporter's log
+    profile: Profile | None
+    profile_error: str | None
+
+
+def _measure(redis: RedisServer, messages: list[Message], profile: bool) -> _Run:
+    expected = truth.truth_of(messages)
+    chunks = list(pack(messages, truth.events_per_message(messages)))
+    with ExporterProcess(redis.url) as exporter:
+        idle_rss = exporter.stats().rss
+        publisher = Publisher(redis.port)
+        spy = PySpy(exporter.pid) if profile else None
+        try:
+            # py-spy watches the burst only, not the scrape that reads the result.
+            with spy if spy is not None else contextlib.nullcontext():
+                burst = publish_until_idle(exporter, publisher, chunks)
+        finally:
+            publisher.close()
+        done = completion(exporter, burst, expected.total_events, expected.last_timestamp)
+        return _Run(
+            burst.published,
+            done,
+            idle_rss,
+            exporter.stats(),
+            exporter.metrics(),
+            exporter.log_tail(),
+            spy.profile if spy is not None else None,
+            spy.error if spy is not None else None,
+        )
+
+
+def run(
+    redis: RedisServer, messages: list[Message], variant: str, *, profile: bool = False
+) -> tuple[Section, Profile | None]:
+    """Replay ``messages`` into a fresh exporter; figures, and a profile when asked."""
+    expected = truth.truth_of(messages)
+    measured = _measure(redis, messages, profile)
+    published, done, page = measured.published, measured.done, measured.page
+    problems = truth.mismatches(expected, truth.observed(page))
+    seconds = done.finished - published.started
+    rate = done.counted / seconds if seconds > 0 else 0.0
+    reconnects = int(truth.total(page, "celery_exporter_source_reconnects_total"))
+    dropped = int(truth.total(page, "celery_exporter_events_dropped_total"))
+
+    section = Section(f"{variant} burst" + (" (py-spy attached)" if profile else ""))
+    add = section.add
+    add(Figure("events", "events in the burst", expected.total_events))
+    add(Figure("counted", "events counted", done.counted))
+    add(Figure("messages", "messages published", published.messages))
+    add(Figure("megabytes", "bytes published", published.bytes / 1e6, "MB"))
+    if profile:
+        add(Figure("events_per_second", "events/s counted (py-spy pauses it)", rate, "ev/s"))
+    else:
+        add(at_least("events_per_second", "events/s counted", rate, "ev/s", TARGET_RATE[variant]))
+    add(Figure("seconds", "first publish -> last event counted", seconds, "s"))
+    share = 100.0 * done.counted / expected.total_events
+    add(at_least("counted_percent", "share counted", share, "%", 100.0))
+    add(equals("exact", "every counter equals the truth", not problems, True))
+    add(Figure("publish_rate", "publish rate", published.messages / published.seconds, "msg/s"))
+    publish_events = expected.total_events / published.seconds
+    add(Figure("publish_event_rate", "publish rate (events)", publish_events, "ev/s"))
+    peak = measured.stats.peak_rss / MIB
+    add(below("peak_rss_mib", "peak RSS (VmHWM)", peak, "MiB", TARGET_PEAK_RSS_MIB))
+    add(Figure("idle_rss_mib", "RSS before the burst", measured.idle_rss / MIB, "MiB"))
+    add(
+        Figure(
+            "cpu_us_per_event", "CPU per event", 1e6 * done.cpu_seconds / max(done.counted, 1), "us"
+        )
+    )
+    add(equals("reconnects", "source reconnects", reconnects, 0))
+    add(equals("unheard", "messages published while unsubscribed", published.unheard, 0))
+    add(equals("dropped", "events dropped", dropped, 0))
+
+    section.notes.append(
+        f"completion read by {done.by}; the exporter's CPU went idle "
+        f"{1000 * (done.idle - done.finished):+.0f} ms from there"
+    )
+    if reconnects or published.unheard:
+        warnings = [
+            line for line in measured.log.splitlines() if "WARNING" in line or "ERROR" in line
+        ]
+        section.notes += [f"  exporter log: {line}" for line in warnings[:6]]
+    if problems:
+        section.notes.append(f"{len(problems)} counters differ from the truth:")
+        section.notes += [f"  {problem}" for problem in problems[:20]]
+    if measured.profile_error:
+        section.notes.append(f"py-spy failed: {measured.profile_error}")
+    return section, measured.profile
