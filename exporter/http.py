@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
+
+from exporter.metrics.family import OPENMETRICS, TEXT, compress, render
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class HttpServer:
         self._tls = tls
         self._open_paths = frozenset() if protect_health else _HEALTH_PATHS
         app = web.Application(middlewares=[self._authenticate])
-        app.router.add_get("/metrics", make_aiohttp_handler(registry))
+        self._registry = registry
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/", self._index)
@@ -146,6 +148,16 @@ class HttpServer:
 
     async def close(self) -> None:
         await self._runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # OpenMetrics when the scraper asks for it (Prometheus does), else the text format.
+        openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
+        body = render(self._registry.collect(), openmetrics=openmetrics)
+        headers = {"Content-Type": OPENMETRICS if openmetrics else TEXT}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = compress(body)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

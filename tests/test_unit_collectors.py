@@ -413,3 +413,19 @@ def test_golden_file_covers_every_defined_metric() -> None:
     declared = {d.name.removesuffix("_total") if d.kind == "counter" else d.name: d.kind
                 for d in defs.ALL}  # fmt: skip
     assert kinds == declared
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_fast_rendering_matches_client_python(openmetrics: bool) -> None:
+    """The exporter's own renderer writes exactly what client_python's generate_latest writes
+    for the same families (text format and OpenMetrics), hostile label values included."""
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+    from exporter.metrics.family import render
+
+    e = fixed_state()
+    e.task("received", "hostile", T0, name='a "quoted"\\name\nwith newline', host=W1)
+    list(e.registry.collect())  # the self-metrics report the collectors' previous run
+    expected = (om_latest if openmetrics else generate_latest)(e.registry).decode()
+    rendered = render(e.registry.collect(), openmetrics=openmetrics).decode()
+    assert normalise(rendered) == normalise(expected)

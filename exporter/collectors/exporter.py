@@ -6,7 +6,6 @@ import platform
 from collections.abc import Iterable, Sequence
 
 import kombu
-from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporter import __version__
@@ -14,6 +13,7 @@ from exporter.collectors.base import CollectorResults
 from exporter.events.status import SourceStatus
 from exporter.inspect import InspectStats
 from exporter.metrics import defs
+from exporter.metrics.family import ScalarFamily
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.state.queues import QueueState
@@ -91,7 +91,7 @@ class ExporterCollector:
         return [last, took, errors]
 
 
-def _by_label(family: CounterMetricFamily, values: dict[str, int]) -> CounterMetricFamily:
+def _by_label(family: ScalarFamily, values: dict[str, int]) -> ScalarFamily:
     for label, value in values.items():
         family.add_metric([label], value)
     return family

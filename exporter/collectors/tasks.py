@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporter.metrics import defs
+from exporter.metrics.family import HistogramFamily
 from exporter.pipeline import EventPipeline
 from exporter.state.tasks import HistogramSnapshot, Key3, Key4
 
 
 def _histogram(
-    family: HistogramMetricFamily,
+    family: HistogramFamily,
     buckets: Sequence[float],
     series: Mapping[Key3, HistogramSnapshot] | Mapping[Key4, HistogramSnapshot],
-) -> HistogramMetricFamily:
+) -> HistogramFamily:
     bounds = [_bound(b) for b in buckets] + ["+Inf"]
     for labels, hist in series.items():
         cumulative, running = [], 0
         for bound, count in zip(bounds, hist.counts, strict=True):
             running += count
-            cumulative.append((bound, float(running)))
+            cumulative.append((bound, running))
         family.add_metric(list(labels), cumulative, hist.total)
     return family
 

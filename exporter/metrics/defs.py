@@ -10,11 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
+from exporter.metrics.family import HistogramFamily, ScalarFamily
 
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -26,17 +22,17 @@ class MetricDef:
     help: str
     labels: tuple[str, ...] = ()
 
-    def counter(self) -> CounterMetricFamily:
+    def counter(self) -> ScalarFamily:
         assert self.kind == "counter"
-        return CounterMetricFamily(self.name, self.help, labels=self.labels)
+        return ScalarFamily(self.name, self.help, "counter", self.labels)
 
-    def gauge(self) -> GaugeMetricFamily:
+    def gauge(self) -> ScalarFamily:
         assert self.kind == "gauge"
-        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        return ScalarFamily(self.name, self.help, "gauge", self.labels)
 
-    def histogram(self) -> HistogramMetricFamily:
+    def histogram(self) -> HistogramFamily:
         assert self.kind == "histogram"
-        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+        return HistogramFamily(self.name, self.help, self.labels)
 
 
 TASK = ("task", "queue", "worker")
