@@ -140,44 +140,56 @@ class RedisSession:
         self, reader: _SocketReader, stop: threading.Event, where: str, pattern: str
     ) -> None:
         parser = hiredis.Reader()
-        chunks = reader.chunks
         feed = self._pipeline.feed_redis
         while not stop.is_set():
             try:
-                chunk = chunks.get(timeout=POLL_SECONDS)
+                first = reader.chunks.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 continue
-            size = 0
-            ended: BaseException | None = None
-            while True:
-                if isinstance(chunk, BaseException):
-                    ended = chunk  # after what was read before it is applied
-                    break
-                parser.feed(chunk)
-                size += len(chunk)
-                if size >= BATCH_BYTES:
-                    break
-                try:
-                    chunk = chunks.get_nowait()
-                except queue.Empty:
-                    break
-            messages: list[bytes] = []
-            reply = parser.gets()
-            while reply is not False:
-                is_array = type(reply) in _ARRAY_TYPES
-                if is_array and len(reply) == 4:
-                    messages.append(reply[3])  # [b"pmessage", pattern, channel, data]
-                elif is_array and reply and reply[0] == b"psubscribe":
-                    self.status.mark_connected(f"{where} ({pattern})")
-                elif isinstance(reply, hiredis.ReplyError):
-                    raise SubscriberLost(f"Redis refused the subscription: {reply}")
-                else:
-                    self._pipeline.drop_unreadable(f"unexpected pub/sub frame {reply!r:.100}")
-                reply = parser.gets()
-            feed(messages)
-            reader.consumed_bytes += size
+            taken, ended = self._gather(first, reader, parser)
+            feed(self._frames(parser, where, pattern))
+            reader.consumed_bytes += taken
             if ended is not None:
                 raise self._classify(ended, reader, partial=parser.has_data())
+
+    @staticmethod
+    def _gather(
+        chunk: bytes | BaseException, reader: _SocketReader, parser: hiredis.Reader
+    ) -> tuple[int, BaseException | None]:
+        """Feed ``chunk`` and what else is waiting (up to a batch) to the parser.
+
+        Returns the bytes taken from the reader's backlog, and the error that ended the
+        connection if one came after them: what was read before it is applied first.
+        """
+        fed = 0
+        while True:
+            if isinstance(chunk, BaseException):
+                return fed, chunk
+            parser.feed(chunk)
+            fed += len(chunk)
+            if fed >= BATCH_BYTES:
+                return fed, None
+            try:
+                chunk = reader.chunks.get_nowait()
+            except queue.Empty:
+                return fed, None
+
+    def _frames(self, parser: hiredis.Reader, where: str, pattern: str) -> list[bytes]:
+        """The event payloads among the complete frames parsed so far."""
+        messages: list[bytes] = []
+        reply = parser.gets()
+        while reply is not False:
+            is_array = type(reply) in _ARRAY_TYPES
+            if is_array and len(reply) == 4:
+                messages.append(reply[3])  # [b"pmessage", pattern, channel, data]
+            elif is_array and reply and reply[0] == b"psubscribe":
+                self.status.mark_connected(f"{where} ({pattern})")
+            elif isinstance(reply, hiredis.ReplyError):
+                raise SubscriberLost(f"Redis refused the subscription: {reply}")
+            else:
+                self._pipeline.drop_unreadable(f"unexpected pub/sub frame {reply!r:.100}")
+            reply = parser.gets()
+        return messages
 
     def _classify(
         self, ended: BaseException, reader: _SocketReader, *, partial: bool
