@@ -7,14 +7,54 @@ import pytest
 from exporter.state.bounded import BoundedMap
 
 
-def make(
-    max_size: int = 3, ttl: float = 10.0
-) -> tuple[BoundedMap[str, int], list[tuple[str, int]]]:
+class Item:
+    """A value as the map wants it: carrying when it was last used."""
+
+    __slots__ = ("touched", "value")
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.touched = 0.0
+
+
+class Ints:
+    """The map under test, seen as holding plain ints (wrapped in Items inside)."""
+
+    def __init__(self, inner: BoundedMap[str, Item]) -> None:
+        self.inner = inner
+
+    def put(self, key: str, value: int, now: float) -> None:
+        self.inner.put(key, Item(value), now)
+
+    def get(self, key: str, now: float) -> int | None:
+        item = self.inner.get(key, now)
+        return None if item is None else item.value
+
+    def peek(self, key: str) -> int | None:
+        item = self.inner.peek(key)
+        return None if item is None else item.value
+
+    def expire(self, now: float) -> None:
+        self.inner.expire(now)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    @property
+    def evicted_capacity(self) -> int:
+        return self.inner.evicted_capacity
+
+    @property
+    def evicted_ttl(self) -> int:
+        return self.inner.evicted_ttl
+
+
+def make(max_size: int = 3, ttl: float = 10.0) -> tuple[Ints, list[tuple[str, int]]]:
     evicted: list[tuple[str, int]] = []
-    bounded: BoundedMap[str, int] = BoundedMap(
-        max_size=max_size, ttl=ttl, on_evict=lambda k, v: evicted.append((k, v))
+    bounded: BoundedMap[str, Item] = BoundedMap(
+        max_size=max_size, ttl=ttl, on_evict=lambda k, v: evicted.append((k, v.value))
     )
-    return bounded, evicted
+    return Ints(bounded), evicted
 
 
 def test_put_get_peek() -> None:
@@ -98,8 +138,8 @@ def test_ttl_expires_idle_entries(now: float, left: list[str]) -> None:
 
 def test_without_callback_evictions_are_still_counted() -> None:
     """on_evict is optional; counts are kept either way."""
-    bounded: BoundedMap[str, int] = BoundedMap(max_size=1, ttl=1.0)
-    bounded.put("a", 1, 0.0)
-    bounded.put("b", 2, 0.0)
+    bounded: BoundedMap[str, Item] = BoundedMap(max_size=1, ttl=1.0)
+    bounded.put("a", Item(1), 0.0)
+    bounded.put("b", Item(2), 0.0)
     bounded.expire(5.0)
     assert (bounded.evicted_capacity, bounded.evicted_ttl, len(bounded)) == (1, 1, 0)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+
+class Touched(Protocol):
+    """A value that carries when it was last used (kept on the value: one object less each)."""
+
+    touched: float
+
 
 K = TypeVar("K")
-V = TypeVar("V")
+V = TypeVar("V", bound=Touched)
 
 
 class BoundedMap(Generic[K, V]):
@@ -27,8 +34,7 @@ class BoundedMap(Generic[K, V]):
         self._max_size = max_size
         self._ttl = ttl
         self._on_evict = on_evict
-        # key -> [last touched, value]; a list so a touch updates in place.
-        self._data: OrderedDict[K, list[float | V]] = OrderedDict()
+        self._data: OrderedDict[K, V] = OrderedDict()
         self.evicted_capacity = 0
         self.evicted_ttl = 0
 
@@ -37,37 +43,37 @@ class BoundedMap(Generic[K, V]):
 
     def get(self, key: K, now: float) -> V | None:
         """The value under ``key``, marking it used at ``now``; None if absent."""
-        entry = self._data.get(key)
-        if entry is None:
+        value = self._data.get(key)
+        if value is None:
             return None
-        entry[0] = now
+        value.touched = now
         self._data.move_to_end(key)
-        return entry[1]  # type: ignore[return-value]  # slot 1 always holds the value
+        return value
 
     def peek(self, key: K) -> V | None:
         """The value under ``key`` without touching it."""
-        entry = self._data.get(key)
-        return None if entry is None else entry[1]  # type: ignore[return-value]  # see get()
+        return self._data.get(key)
 
     def put(self, key: K, value: V, now: float) -> None:
         """Insert or replace ``key``, evicting the least recently used entry when full."""
-        self._data[key] = [now, value]
+        value.touched = now
+        self._data[key] = value
         self._data.move_to_end(key)
         while len(self._data) > self._max_size:
             old_key, old = self._data.popitem(last=False)
             self.evicted_capacity += 1
             if self._on_evict is not None:
-                self._on_evict(old_key, old[1])  # type: ignore[arg-type]  # see get()
+                self._on_evict(old_key, old)
 
     def expire(self, now: float) -> None:
         """Evict every entry untouched for longer than the TTL."""
         deadline = now - self._ttl
         data = self._data
         while data:
-            key, entry = next(iter(data.items()))
-            if entry[0] > deadline:  # type: ignore[operator]  # slot 0 always holds a float
+            key, value = next(iter(data.items()))
+            if value.touched > deadline:
                 return
             del data[key]
             self.evicted_ttl += 1
             if self._on_evict is not None:
-                self._on_evict(key, entry[1])  # type: ignore[arg-type]  # see get()
+                self._on_evict(key, value)

@@ -86,6 +86,7 @@ class _Record:
         "queue",
         "started_at",
         "starts",
+        "touched",
     )
 
     def __init__(self) -> None:
@@ -102,6 +103,7 @@ class _Record:
         self.started_at: float | None = None
         self.pending: list[TaskEvent] | None = None
         self.ended: str | None = None  # the event type that ended the latest attempt
+        self.touched = 0.0  # last use, for the bounded map's LRU order and TTL
 
 
 def parse_eta(text: str | None) -> float | None:
