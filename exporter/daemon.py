@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -279,6 +280,9 @@ class Daemon:
 async def serve(settings: Settings) -> None:
     """Run a daemon until SIGTERM or SIGINT."""
     daemon = Daemon(settings)
+    # Everything imported and built so far lives as long as the process: out of the cyclic
+    # collector's way, its full collections no longer stall a scrape for tens of milliseconds.
+    gc.freeze()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.stop_event.set)
