@@ -36,6 +36,7 @@ POLL_SECONDS = 0.5
 # Redis's default pubsub limit disconnects after 60 s over the soft limit: a backed-up reader
 # within that window makes a disconnect look like that.
 SLOW_CONSUMER_WINDOW = 90.0
+STALL_FACTOR = 4
 # redis-py negotiates RESP3 when it can: pub/sub messages then arrive as push frames.
 _ARRAY_TYPES = (list, hiredis.PushNotification)
 
@@ -70,13 +71,21 @@ class _SocketReader(threading.Thread):
         self._paused_at = -math.inf
 
     def paused_recently(self) -> bool:
-        """Whether the reader stopped reading for backpressure within the last minutes."""
+        """Whether the reader fell behind within the last minutes: it stopped reading for
+        backpressure, or was not scheduled at all (a stalled or starved process)."""
         return time.monotonic() - self._paused_at < SLOW_CONSUMER_WINDOW
 
     def run(self) -> None:
         sock, chunks, stop = self._sock, self.chunks, self._stop_event
+        last_turn = time.monotonic()
         try:
             while not stop.is_set():
+                turn = time.monotonic()
+                # Every turn waits at most POLL_SECONDS on the socket: a much longer gap
+                # means this thread did not run while Redis kept sending.
+                if turn - last_turn > POLL_SECONDS * STALL_FACTOR:
+                    self._paused_at = turn
+                last_turn = turn
                 backlog = self.read_bytes - self.consumed_bytes
                 self._status.buffered_bytes = backlog
                 if backlog > self._limit:
