@@ -22,7 +22,7 @@ from exporter.inspect import Inspector, InspectStats, load_app_router
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.state.beat import BeatState
-from exporter.state.labels import TaskLabels, WorkerFilter
+from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
@@ -44,24 +44,10 @@ class Daemon:
         route = load_app_router(settings.app) if settings.app else None
         self.resolver = QueueResolver(route=route)
         worker_filter = WorkerFilter(settings.worker_pattern())
-        tasks = TaskState(
-            labels=TaskLabels(settings),
-            resolver=self.resolver,
-            max_tasks=settings.task_state_max_tasks,
-            ttl=settings.task_state_ttl_seconds,
-            name_wait=settings.task_name_wait_seconds,
-            duration_buckets=settings.task_duration_buckets,
-            queue_wait_buckets=settings.task_queue_wait_buckets,
-            watched=frozenset(
-                [*settings.periodic_tasks, *filter(None, [settings.beat_heartbeat_task])]
-            ),
-            worker_filter=worker_filter,
+        tasks = TaskState.from_settings(
+            settings, resolver=self.resolver, worker_filter=worker_filter
         )
-        workers = WorkerState(
-            timeout_heartbeats=settings.worker_timeout_heartbeats,
-            retention=settings.worker_retention_seconds,
-            max_workers=settings.max_workers,
-        )
+        workers = WorkerState.from_settings(settings)
         url = settings.resolved_broker_url()
         self.inspector: Inspector | None = None
         if settings.inspect_interval_seconds > 0:

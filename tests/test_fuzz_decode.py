@@ -16,7 +16,7 @@ from exporter.config import Settings
 from exporter.events.decode import decode_body, decode_redis_message
 from exporter.events.model import Dropped, OtherEvent, TaskEvent, WorkerEvent
 from exporter.pipeline import EventPipeline
-from exporter.state.labels import TaskLabels
+from exporter.state.labels import WorkerFilter
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
@@ -82,18 +82,12 @@ envelopes = st.one_of(
 
 
 def _pipeline() -> EventPipeline:
-    config = Settings()
+    config = Settings(task_state_max_tasks=1000, max_workers=10)
     return EventPipeline(
-        tasks=TaskState(
-            labels=TaskLabels(config),
-            resolver=QueueResolver(),
-            max_tasks=1000,
-            ttl=60.0,
-            name_wait=1.0,
-            duration_buckets=config.task_duration_buckets,
-            queue_wait_buckets=config.task_queue_wait_buckets,
+        tasks=TaskState.from_settings(
+            config, resolver=QueueResolver(), worker_filter=WorkerFilter(None)
         ),
-        workers=WorkerState(timeout_heartbeats=3.0, retention=60.0, max_workers=10),
+        workers=WorkerState.from_settings(config),
         clock=time.time,
         max_event_bytes=MAX_BYTES,
     )

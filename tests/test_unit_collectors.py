@@ -32,7 +32,7 @@ from exporter.metrics import defs
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.state.beat import BeatReadings, BeatState, RedBeatReading
-from exporter.state.labels import TaskLabels
+from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueReading, QueueState
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
@@ -75,24 +75,10 @@ class Exporter:
         self.settings = settings = Settings(**values)
         self.clock = Clock(T0)
         self.resolver = QueueResolver()
-        self.watched = frozenset(
-            [*settings.periodic_tasks, *filter(None, [settings.beat_heartbeat_task])]
+        tasks = TaskState.from_settings(
+            settings, resolver=self.resolver, worker_filter=WorkerFilter(None)
         )
-        tasks = TaskState(
-            labels=TaskLabels(settings),
-            resolver=self.resolver,
-            max_tasks=settings.task_state_max_tasks,
-            ttl=settings.task_state_ttl_seconds,
-            name_wait=settings.task_name_wait_seconds,
-            duration_buckets=settings.task_duration_buckets,
-            queue_wait_buckets=settings.task_queue_wait_buckets,
-            watched=self.watched,
-        )
-        workers = WorkerState(
-            timeout_heartbeats=settings.worker_timeout_heartbeats,
-            retention=settings.worker_retention_seconds,
-            max_workers=settings.max_workers,
-        )
+        workers = WorkerState.from_settings(settings)
         self.inspector: Inspector | None = None
         if inspector:
             self.inspector = Inspector(

@@ -12,7 +12,7 @@ import pytest
 from exporter.config import Settings
 from exporter.events.model import TaskEvent, WorkerEvent
 from exporter.pipeline import EventPipeline
-from exporter.state.labels import TaskLabels, WorkerFilter, exception_class
+from exporter.state.labels import WorkerFilter, exception_class
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import HistogramSnapshot, RunningTask, TaskSnapshot, TaskState
 from exporter.state.workers import WorkerState
@@ -58,21 +58,10 @@ class Harness:
         self.clock = Clock()
         self.resolver = QueueResolver()
         worker_filter = WorkerFilter(settings.worker_pattern())
-        self.tasks = TaskState(
-            worker_filter=worker_filter,
-            labels=TaskLabels(settings),
-            resolver=self.resolver,
-            max_tasks=settings.task_state_max_tasks,
-            ttl=settings.task_state_ttl_seconds,
-            name_wait=settings.task_name_wait_seconds,
-            duration_buckets=settings.task_duration_buckets,
-            queue_wait_buckets=settings.task_queue_wait_buckets,
+        self.tasks = TaskState.from_settings(
+            settings, resolver=self.resolver, worker_filter=worker_filter
         )
-        self.workers = WorkerState(
-            timeout_heartbeats=settings.worker_timeout_heartbeats,
-            retention=settings.worker_retention_seconds,
-            max_workers=settings.max_workers,
-        )
+        self.workers = WorkerState.from_settings(settings)
         self.pipeline = EventPipeline(
             tasks=self.tasks,
             workers=self.workers,

@@ -25,9 +25,8 @@ import orjson
 
 from exporter.config import Settings
 from exporter.events.model import DropReason
-from exporter.events.status import SourceStatus
+from exporter.events.source import Session
 from exporter.logs import redact_url
-from exporter.pipeline import EventPipeline
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +97,12 @@ def events_in(body: bytes) -> int:
     return len(decoded) if isinstance(decoded, list) else 1
 
 
-class AmqpSession:
+class AmqpSession(Session):
     """One consumer on a freshly declared event queue, one on its dead-letter queue."""
-
-    def __init__(self, *, url: str, settings: Settings, pipeline: EventPipeline) -> None:
-        self.status = SourceStatus("events")
-        self._url = url
-        self._settings = settings
-        self._pipeline = pipeline
 
     def run_session(self, stop: threading.Event) -> None:
         settings = self._settings
-        conn = kombu.Connection(
-            self._url,
-            transport_options=dict(settings.broker_transport_options),
-            connect_timeout=settings.broker_connect_timeout_seconds,
-            heartbeat=HEARTBEAT_SECONDS,
-        )
+        conn = self.connection(heartbeat=HEARTBEAT_SECONDS)
         try:
             conn.connect()
             channel: Any = conn.channel()

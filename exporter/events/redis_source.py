@@ -19,12 +19,10 @@ import time
 from typing import Any
 
 import hiredis
-import kombu
 
-from exporter.config import Settings
+from exporter.events.source import Session
 from exporter.events.status import SourceStatus
 from exporter.logs import redact_url
-from exporter.pipeline import EventPipeline
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +105,12 @@ class _SocketReader(threading.Thread):
             chunks.put(err)
 
 
-class RedisSession:
+class RedisSession(Session):
     """One pub/sub subscription to Celery's event channel."""
-
-    def __init__(self, *, url: str, settings: Settings, pipeline: EventPipeline) -> None:
-        self.status = SourceStatus("events")
-        self._url = url
-        self._settings = settings
-        self._pipeline = pipeline
 
     def run_session(self, stop: threading.Event) -> None:
         settings = self._settings
-        conn = kombu.Connection(
-            self._url,
-            transport_options=dict(settings.broker_transport_options),
-            connect_timeout=settings.broker_connect_timeout_seconds,
-        )
+        conn = self.connection()
         redis_conn: Any = None
         reader: _SocketReader | None = None
         try:

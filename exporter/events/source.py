@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import Protocol
+from typing import Any
+
+import kombu
 
 from exporter.config import AMQP_SCHEMES, Settings, url_scheme
 from exporter.events.status import SourceStatus
@@ -17,12 +19,26 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_DELAY = 0.5
 
 
-class Session(Protocol):
+class Session:
     """One connection's life: connect, subscribe, feed the pipeline until stop or an error."""
 
-    status: SourceStatus
+    def __init__(self, *, url: str, settings: Settings, pipeline: EventPipeline) -> None:
+        self.status = SourceStatus("events")
+        self._url = url
+        self._settings = settings
+        self._pipeline = pipeline
 
-    def run_session(self, stop: threading.Event) -> None: ...
+    def connection(self, **options: Any) -> kombu.Connection:
+        """A kombu connection for the broker URL with the app's transport options."""
+        return kombu.Connection(
+            self._url,
+            transport_options=dict(self._settings.broker_transport_options),
+            connect_timeout=self._settings.broker_connect_timeout_seconds,
+            **options,
+        )
+
+    def run_session(self, stop: threading.Event) -> None:
+        raise NotImplementedError
 
 
 class EventSource:

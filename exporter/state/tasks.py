@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple, TypeVar
 
+from exporter.config import Settings
 from exporter.events.model import (
     TASK_FAILED,
     TASK_RECEIVED,
@@ -199,6 +200,25 @@ class TaskState:
             TASK_REJECTED: self.rejected,
             TASK_REVOKED: self.revoked,
         }
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, resolver: QueueResolver, worker_filter: WorkerFilter
+    ) -> TaskState:
+        """The task state the settings describe; watches Beat's and the periodic tasks."""
+        return cls(
+            labels=TaskLabels(settings),
+            resolver=resolver,
+            max_tasks=settings.task_state_max_tasks,
+            ttl=settings.task_state_ttl_seconds,
+            name_wait=settings.task_name_wait_seconds,
+            duration_buckets=settings.task_duration_buckets,
+            queue_wait_buckets=settings.task_queue_wait_buckets,
+            watched=frozenset(
+                [*settings.periodic_tasks, *filter(None, [settings.beat_heartbeat_task])]
+            ),
+            worker_filter=worker_filter,
+        )
 
     # --- events ---
 

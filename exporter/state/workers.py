@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from exporter.config import Settings
 from exporter.events.model import WORKER_OFFLINE, WorkerEvent
 
 # Celery's own default heartbeat interval, assumed until a worker states its freq.
@@ -46,6 +47,14 @@ class WorkerState:
         self._max_workers = max_workers
         self._workers: dict[str, _Worker] = {}
         self.dropped_over_limit = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerState:
+        return cls(
+            timeout_heartbeats=settings.worker_timeout_heartbeats,
+            retention=settings.worker_retention_seconds,
+            max_workers=settings.max_workers,
+        )
 
     def apply(self, event: WorkerEvent, now: float) -> bool:
         """Account for one worker event; True when it names a worker not known before."""
