@@ -13,15 +13,17 @@ from pathlib import Path
 
 import redis as redis_py
 
-from bench import burst, memory, scrape
+from bench import burst, memory, rabbitmq, scrape
 from bench.dispatch import cached_recording
 from bench.procs import RedisServer
 from bench.profile import Profile, PySpy
-from bench.report import Section, Value, table, write_json
+from bench.report import Section, Value, equals, table, write_json
 from bench.synthetic import compatibility_problems
 from bench.workload import WorkloadSpec
 
-SCENARIOS = ("unbatched", "batched", "scrape", "memory")
+REDIS_SCENARIOS = ("unbatched", "batched", "scrape", "memory")
+RABBITMQ_SCENARIOS = ("rabbitmq-unbatched", "rabbitmq-batched", "rabbitmq-bounded")
+SCENARIOS = REDIS_SCENARIOS + RABBITMQ_SCENARIOS
 BURST_EVENTS = 100_000
 QUICK_BURST_EVENTS = 20_000
 
@@ -35,19 +37,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also replay the unbatched burst with py-spy attached and print the top functions",
+        help="also replay the unbatched burst (of each broker chosen) with py-spy attached "
+        "and print the top functions",
     )
     return parser.parse_args(argv)
 
 
-def _print_profile(profile: Profile) -> None:
-    print(f"\npy-spy --gil, unbatched burst: {profile.samples} samples of the GIL holder")
+def _print_profile(profile: Profile, burst_name: str) -> None:
+    print(f"\npy-spy --gil, {burst_name}: {profile.samples} samples of the GIL holder")
     print(f"  {'self':>6} {'total':>6}  function, by own time")
     for entry in profile.top_self:
         print(f"  {entry.self_share:6.1%} {entry.total_share:6.1%}  {entry.function}")
     print(f"  {'self':>6} {'total':>6}  function, by inclusive time")
     for entry in profile.top_total[:10]:
         print(f"  {entry.self_share:6.1%} {entry.total_share:6.1%}  {entry.function}")
+    print(f"  {'share':>6}  area (the topmost frame that belongs to one)")
+    for area, share in profile.areas:
+        print(f"  {share:6.1%}  {area}")
     print(f"  {'self':>6}  line")
     for line in profile.top_lines[:10]:
         print(f"  {line.share:6.1%}  {line.line}")
@@ -97,16 +103,63 @@ def _bursts(
     return sections, found
 
 
-def _json_extra(profile: Profile | None) -> dict[str, object]:
-    if profile is None:
-        return {}
+def _rabbitmq(
+    redis: RedisServer, chosen: list[str], quick: bool, profile: bool
+) -> tuple[list[Section], Profile | None]:
+    """The RabbitMQ scenarios, on one private broker, replaying the Redis recordings."""
+    spec = WorkloadSpec(task_events=QUICK_BURST_EVENTS if quick else BURST_EVENTS)
+    bound = rabbitmq.QUICK_BOUNDED_LENGTH if quick else rabbitmq.BOUNDED_LENGTH
+    sections: list[Section] = []
+    found: Profile | None = None
+    with rabbitmq.Broker() as broker:
+        print(f"rabbitmq-server on port {broker.port}: {broker.version()}")
+        problems = rabbitmq.compatibility(redis, broker)
+        for problem in problems:
+            print(f"replayed AMQP message differs from EventDispatcher's: {problem}")
+        check = Section("rabbitmq messages")
+        label = "AMQP messages = EventDispatcher's (but pid)"
+        check.add(equals("compatible", label, not problems, True))
+        sections.append(check)
+        for variant in ("unbatched", "batched"):
+            runs: list[tuple[int | None, bool]] = []  # (bound, profiled)
+            if f"rabbitmq-{variant}" in chosen:
+                runs.append((None, False))
+            if variant == "unbatched" and "rabbitmq-bounded" in chosen:
+                runs.append((bound, False))
+            if variant == "unbatched" and profile:
+                if PySpy.available():
+                    runs.append((None, True))
+                else:
+                    print("py-spy is not installed (pip install py-spy): no profile")
+            if not runs:
+                continue
+            messages, cached = cached_recording(
+                spec, batched=variant == "batched", redis_url=redis.url, redis_port=redis.port
+            )
+            prepared = rabbitmq.prepare(messages)
+            print(
+                f"{variant} recording: {len(messages)} messages"
+                + (" (cached)" if cached else "")
+                + f", framed for AMQP in {prepared.seconds:.1f} s"
+            )
+            for limit, profiled in runs:
+                what = f"max-length {limit}" if limit else "py-spy attached" if profiled else ""
+                print(f"running the rabbitmq {variant} burst" + (f" ({what})" if what else ""))
+                section, measured = rabbitmq.run(
+                    broker, prepared, variant, bound=limit, profile=profiled
+                )
+                sections.append(section)
+                found = measured or found
+    return sections, found
+
+
+def _profile_json(profile: Profile) -> dict[str, object]:
     return {
-        "profile": {
-            "samples": profile.samples,
-            "top_self": [entry._asdict() for entry in profile.top_self],
-            "top_total": [entry._asdict() for entry in profile.top_total],
-            "top_lines": [entry._asdict() for entry in profile.top_lines],
-        }
+        "samples": profile.samples,
+        "top_self": [entry._asdict() for entry in profile.top_self],
+        "top_total": [entry._asdict() for entry in profile.top_total],
+        "top_lines": [entry._asdict() for entry in profile.top_lines],
+        "areas": dict(profile.areas),
     }
 
 
@@ -117,10 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: load average {load:.2f} before starting: other work shares the CPUs")
+    on_redis = [name for name in chosen if name in REDIS_SCENARIOS]
+    on_rabbitmq = [name for name in chosen if name in RABBITMQ_SCENARIOS]
+    sections: list[Section] = []
+    profiles: dict[str, Profile] = {}
     with RedisServer() as redis:
         config = redis_py.Redis(port=redis.port).config_get("client-output-buffer-limit")
         print(f"redis-server on port {redis.port}: {config['client-output-buffer-limit']}")
-        sections, profile = _bursts(redis, chosen, args.quick, args.profile)
+        found, profile = _bursts(redis, chosen, args.quick, args.profile and bool(on_redis))
+        sections += found
+        if profile is not None:
+            profiles["unbatched burst (Redis)"] = profile
         compatible: list[str] = []
         if "scrape" in chosen or "memory" in chosen:
             compatible = compatibility_problems(redis)
@@ -132,8 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "memory" in chosen:
             print("running the memory scenario")
             sections.append(memory.run(redis, quick=args.quick, compatible=compatible))
-    if profile is not None:
-        _print_profile(profile)
+        if on_rabbitmq:
+            found, profile = _rabbitmq(redis, on_rabbitmq, args.quick, args.profile)
+            sections += found
+            if profile is not None:
+                profiles["unbatched burst (RabbitMQ)"] = profile
+    for name, profile in profiles.items():
+        _print_profile(profile, name)
     print()
     print(table(sections))
     meta: dict[str, Value] = {
@@ -145,7 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_before": round(load, 2),
         "seconds": round(time.monotonic() - started, 1),
     }
-    path = write_json(sections, meta, _json_extra(profile))
+    keys = {"unbatched burst (Redis)": "profile", "unbatched burst (RabbitMQ)": "profile_rabbitmq"}
+    extra: dict[str, object] = {
+        keys[name]: _profile_json(profile) for name, profile in profiles.items()
+    }
+    path = write_json(sections, meta, extra)
     print(f"\nwritten to {path}; took {meta['seconds']} s")
     missed = any(figure.ok is False for section in sections for figure in section.figures)
     return 1 if missed else 0

@@ -8,7 +8,7 @@ always goes through an unbuffered one, as ``app.amqp.send_task_message`` does.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,19 @@ def cached_recording(
     return messages, False
 
 
-def record(
-    events: Sequence[SimEvent], *, batched: bool, redis_url: str, redis_port: int
-) -> list[Message]:
-    """Send ``events`` with EventDispatcher and return what it published, in order."""
+def send(
+    events: Sequence[SimEvent], *, batched: bool, broker_url: str, end: Callable[[Any], None]
+) -> None:
+    """Send ``events`` with EventDispatcher on one connection, then ``end(channel)``.
+
+    Every dispatcher publishes on the connection's default channel, which ``end`` gets, so
+    whatever it publishes comes after the events.
+    """
     from celery import Celery
     from celery.events import EventDispatcher
 
-    app = Celery("bench", broker=redis_url, set_as_current=False)
-    capture = Capture(redis_port, EVENT_PATTERN)
+    app = Celery("bench", broker=broker_url, set_as_current=False)
     dispatchers: dict[tuple[str, bool], Any] = {}
-    started = time.monotonic()
     with app.connection_for_write() as conn:
 
         def dispatcher(hostname: str, buffered: bool) -> Any:
@@ -73,6 +75,16 @@ def record(
         for each in dispatchers.values():
             each.flush()
             each.close()
+        end(conn.default_channel)
+
+
+def record(
+    events: Sequence[SimEvent], *, batched: bool, redis_url: str, redis_port: int
+) -> list[Message]:
+    """Send ``events`` with EventDispatcher and return what it published, in order."""
+    capture = Capture(redis_port, EVENT_PATTERN)
+    started = time.monotonic()
+    send(events, batched=batched, broker_url=redis_url, end=lambda _channel: None)
     messages = capture.finish()
     elapsed = time.monotonic() - started
     variant = "batched" if batched else "unbatched"

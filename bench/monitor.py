@@ -15,8 +15,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, Protocol
 
 from bench.procs import CLOCK_TICKS, ExporterProcess
 from bench.publish import BurstResult, Chunk, Publisher
@@ -76,6 +76,12 @@ def _wait_idle(exporter: ExporterProcess, publishing: threading.Thread) -> tuple
     return next(moment for moment, cpu in samples if cpu >= busy_until), busy_until
 
 
+class BurstPublisher(Protocol):
+    """Redis's pipelined PUBLISH or AMQP's pre-framed basic.publish."""
+
+    def burst(self, chunks: Sequence[Chunk]) -> BurstResult: ...
+
+
 class Burst(NamedTuple):
     published: BurstResult
     cpu_before: float  # exporter CPU seconds before the first publish
@@ -84,7 +90,7 @@ class Burst(NamedTuple):
 
 
 def publish_until_idle(
-    exporter: ExporterProcess, publisher: Publisher, chunks: list[Chunk]
+    exporter: ExporterProcess, publisher: BurstPublisher, chunks: Sequence[Chunk]
 ) -> Burst:
     """Publish ``chunks`` at full speed, then wait until the exporter has nothing left to do."""
     cpu_before = exporter.stats().cpu_seconds

@@ -40,6 +40,28 @@ class Profile(NamedTuple):
     top_self: list[FunctionTime]
     top_total: list[FunctionTime]
     top_lines: list[LineTime]
+    areas: list[tuple[str, float]]  # share of samples per AREAS entry, "other" last
+
+
+# Where a sample's time goes: the first frame, from the top of the stack down, whose file
+# starts with one of the prefixes names its area (C extensions count for their caller, so
+# orjson.loads is "decode", recv is the broker client's).
+AREAS = (
+    ("exporter: decode (events/decode.py, orjson)", ("exporter/events/decode.py",)),
+    ("exporter: apply to state (pipeline.py, state/)", ("exporter/pipeline.py", "exporter/state/")),
+    ("py-amqp + kombu: read, frame, dispatch", ("amqp/", "kombu/")),
+    ("redis-py + hiredis: read, frame", ("redis/", "hiredis/")),
+    ("exporter: source loop (events/*_source.py)", ("exporter/events/",)),
+)
+
+
+def _area(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        where = frame.rpartition(" (")[2]
+        for name, prefixes in AREAS:
+            if where.startswith(prefixes):
+                return name
+    return "other"
 
 
 def _short(text: str) -> str:
@@ -63,6 +85,7 @@ def summarise(raw: str, top: int = 15) -> Profile:
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     lines: dict[str, int] = {}
+    areas: dict[str, int] = {}
     samples = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -74,6 +97,8 @@ def summarise(raw: str, top: int = 15) -> Profile:
         lines[leaf] = lines.get(leaf, 0) + count
         frames = [_function(_short(frame)) for frame in stack.split(";")]
         own[frames[-1]] = own.get(frames[-1], 0) + count
+        area = _area(frames)
+        areas[area] = areas.get(area, 0) + count
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
 
@@ -87,7 +112,10 @@ def summarise(raw: str, top: int = 15) -> Profile:
 
     hot = sorted(lines.items(), key=lambda item: -item[1])[:top]
     top_lines = [LineTime(where, count / max(samples, 1)) for where, count in hot]
-    return Profile(samples, ranked(own), ranked(inclusive), top_lines)
+    total = max(samples, 1)
+    names = [name for name, _ in AREAS] + ["other"]
+    shares = [(name, areas[name] / total) for name in names if name in areas]
+    return Profile(samples, ranked(own), ranked(inclusive), top_lines, shares)
 
 
 class PySpy:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from queue import Full, Queue
 from typing import NamedTuple
 
@@ -91,7 +91,7 @@ class Publisher:
         self._sock.sendall(chunk.data)
         return self._read_replies(chunk.messages)
 
-    def burst(self, chunks: list[Chunk]) -> BurstResult:
+    def burst(self, chunks: Sequence[Chunk]) -> BurstResult:
         """Publish everything as fast as Redis takes it; replies are read concurrently."""
         total = sum(chunk.messages for chunk in chunks)
         failure: list[BaseException] = []
