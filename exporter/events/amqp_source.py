@@ -106,6 +106,8 @@ class AmqpSession(Session):
         try:
             conn.connect()
             channel: Any = conn.channel()
+            # py-amqp would decode every body to str, and the decoder wants bytes back.
+            channel.auto_decode = False
             name = f"celeryev.exporter.{uuid.uuid4()}"
             dropped_name = f"{name}.dropped"
             dead_letter_queue(settings, dropped_name)(channel).declare()
@@ -113,19 +115,12 @@ class AmqpSession(Session):
             batch: list[tuple[bytes, str | None]] = []
 
             def on_message(message: Any) -> None:
-                body = message.body
-                batch.append(
-                    (
-                        body if isinstance(body, bytes) else body.encode(),
-                        message.properties.get("content_type"),
-                    )
-                )
+                batch.append((message.body, message.properties.get("content_type")))
 
             def on_dropped(message: Any) -> None:
-                body = message.body
                 self._pipeline.note_broker_drop(
                     death_reason(message.properties.get("application_headers")),
-                    events_in(body if isinstance(body, bytes) else body.encode()),
+                    events_in(message.body),
                 )
 
             channel.basic_consume(queue=dropped_name, no_ack=True, callback=on_dropped)
