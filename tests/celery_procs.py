@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from celery.utils.nodenames import host_format
@@ -141,3 +141,6 @@ class CeleryProcesses:
         prefork worker's warm shutdown costs seconds."""
         for process in self._started:
             process.stop(kill=True)
+
+
+ProcsFactory = Callable[[str], CeleryProcesses]

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests import sample_app
+from tests.celery_procs import CeleryProcesses, ProcsFactory
 from tests.helpers import http_get, wait_until
 from tests.services import (
     CeleryWorker,
@@ -165,3 +166,20 @@ def producer_factory() -> Iterator[ProducerFactory]:
     finally:
         for app in apps:
             app.close()
+
+
+@pytest.fixture
+def celery_procs(tmp_path: Path) -> Iterator[ProcsFactory]:
+    """Real worker and Beat processes on a broker; every one stopped after the test."""
+    made: list[CeleryProcesses] = []
+
+    def make(broker_url: str) -> CeleryProcesses:
+        procs = CeleryProcesses(broker_url, tmp_path / f"celery-{len(made)}")
+        made.append(procs)
+        return procs
+
+    try:
+        yield make
+    finally:
+        for procs in made:
+            procs.close()

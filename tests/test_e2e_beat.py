@@ -12,9 +12,7 @@ import importlib.util
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +22,7 @@ from prometheus_client.samples import Sample
 import exporter.beat
 from tests import beat_app
 from tests import sample_app as sa
-from tests.celery_procs import CeleryProcess, CeleryProcesses
+from tests.celery_procs import CeleryProcess, ProcsFactory
 from tests.helpers import http_get, scrape, value, wait_for_value, wait_until
 from tests.services import ExporterFactory, ExporterProcess, RedisFactory, RedisServer
 
@@ -49,25 +47,6 @@ BEAT_EXPORTER_ARGS = (
     "--beat-poll-interval-seconds", "1",
     "--beat-max-heartbeat-age-seconds", str(MAX_AGE),
 )  # fmt: skip
-
-ProcsFactory = Callable[[str], CeleryProcesses]
-
-
-@pytest.fixture
-def celery_procs(tmp_path: Path) -> Iterator[ProcsFactory]:
-    """Real Beat and worker processes on a broker; every one stopped after the test."""
-    made: list[CeleryProcesses] = []
-
-    def make(broker_url: str) -> CeleryProcesses:
-        procs = CeleryProcesses(broker_url, tmp_path / f"celery-{len(made)}")
-        made.append(procs)
-        return procs
-
-    try:
-        yield make
-    finally:
-        for procs in made:
-            procs.close()
 
 
 def _diagnostics(exporter: ExporterProcess, *processes: CeleryProcess) -> str:

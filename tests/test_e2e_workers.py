@@ -8,15 +8,13 @@ never reach another test's worker. Workers run tests.sample_app; time limits are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.samples import Sample
 
 from tests import sample_app as sa
-from tests.celery_procs import CeleryProcesses, CeleryWorkerProcess
+from tests.celery_procs import CeleryWorkerProcess, ProcsFactory
 from tests.helpers import Expected, http_get, scrape, series, value, wait_for_metrics, wait_until
 from tests.services import ExporterFactory, ExporterProcess, RedisFactory
 
@@ -42,25 +40,6 @@ WORKER_SERIES = (
     RESERVED,
     "celery_worker_consuming",
 )
-
-ProcsFactory = Callable[[str], CeleryProcesses]
-
-
-@pytest.fixture
-def celery_procs(tmp_path: Path) -> Iterator[ProcsFactory]:
-    """Real worker processes on a broker; every one stopped after the test."""
-    made: list[CeleryProcesses] = []
-
-    def make(broker_url: str) -> CeleryProcesses:
-        procs = CeleryProcesses(broker_url, tmp_path / f"celery-{len(made)}")
-        made.append(procs)
-        return procs
-
-    try:
-        yield make
-    finally:
-        for procs in made:
-            procs.close()
 
 
 def _wait_state(
