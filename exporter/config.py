@@ -429,7 +429,7 @@ class Settings(BaseSettings):
         mode="before",
     )
     @classmethod
-    def _parse_transport_options(cls, value: Any) -> Any:
+    def _parse_json_objects(cls, value: Any) -> Any:
         return _json_object(value)
 
     @field_validator("worker_label_regex", "worker_filter")

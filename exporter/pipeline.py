@@ -81,10 +81,6 @@ class EventPipeline:
             decoded += decode_redis_message(raw, limit)
         self.apply(decoded)
 
-    def feed_body(self, body: bytes, content_type: str | None) -> None:
-        """Apply one AMQP message body of the given content type."""
-        self.apply(decode_body(body, content_type, self._max_event_bytes))
-
     def feed_bodies(self, messages: Iterable[tuple[bytes, str | None]]) -> None:
         """Apply AMQP message bodies, each with its content type."""
         limit = self._max_event_bytes

@@ -231,9 +231,9 @@ def fixed_state() -> Exporter:
         }
     )
     # a custom event and refused messages
-    e.pipeline.feed_body(b'{"type": "task-progress", "hostname": "w", "timestamp": 1}', None)
+    e.pipeline.feed_bodies([(b'{"type": "task-progress", "hostname": "w", "timestamp": 1}', None)])
     e.pipeline.feed_redis([b"not json", b"[]"])
-    e.pipeline.feed_body(b"\x80\x04.", "application/x-python-serialize")
+    e.pipeline.feed_bodies([(b"\x80\x04.", "application/x-python-serialize")])
     # W1 keeps beating, W2 goes quiet at T0 + 70 (down from T0 + 76)
     e.worker("heartbeat", W2, T0 + 70, 2.0, 2, 6, 1.25)
     c.now = T0 + 99

@@ -381,7 +381,7 @@ def test_pickle_payload_is_never_unpickled(tmp_path: Path) -> None:
     # Through the whole pipeline too, which is what the sources call.
     pipeline = _pipeline()
     pipeline.feed_redis([raw])
-    pipeline.feed_body(payload, PICKLE)
+    pipeline.feed_bodies([(payload, PICKLE)])
     assert pipeline.stats().dropped == {"unsafe_content_type": 2}
     assert pipeline.stats().events == {}
     assert not marker.exists()
@@ -696,7 +696,7 @@ def test_pipeline_counts_events_and_drops_by_reason() -> None:
             _envelope_dict(body="abc"),
         ]
     )
-    pipeline.feed_body(json.dumps(task_fields("task-succeeded", uuid="a")).encode(), JSON)
+    pipeline.feed_bodies([(json.dumps(task_fields("task-succeeded", uuid="a")).encode(), JSON)])
     pipeline.drop_unreadable("frame too short")
     stats = pipeline.stats()
     assert stats.events == {

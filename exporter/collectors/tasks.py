@@ -14,10 +14,9 @@ from exporter.state.tasks import HistogramSnapshot, Key3, Key4
 
 def _histogram(
     family: HistogramFamily,
-    buckets: Sequence[float],
+    bounds: Sequence[str],
     series: Mapping[Key3, HistogramSnapshot] | Mapping[Key4, HistogramSnapshot],
 ) -> HistogramFamily:
-    bounds = [_bound(b) for b in buckets] + ["+Inf"]
     for labels, hist in series.items():
         cumulative, running = [], 0
         for bound, count in zip(bounds, hist.counts, strict=True):
@@ -27,9 +26,9 @@ def _histogram(
     return family
 
 
-def _bound(value: float) -> str:
-    """A bucket bound as Prometheus writes it: 1.0 -> "1.0", 0.005 -> "0.005"."""
-    return repr(float(value))
+def bounds_text(buckets: Sequence[float]) -> list[str]:
+    """Bucket bounds as Prometheus writes them (1.0 -> "1.0"), with "+Inf" last."""
+    return [repr(float(value)) for value in buckets] + ["+Inf"]
 
 
 class TaskCollector:
@@ -47,6 +46,9 @@ class TaskCollector:
         self._clock = clock
         self._sla = dict(sla)
         self._sla_default = sla_default
+        # Formatted once: they never change while the process lives.
+        self._duration_bounds = bounds_text(pipeline.tasks.duration_buckets)
+        self._queue_wait_bounds = bounds_text(pipeline.tasks.queue_wait_buckets)
 
     def collect(self) -> Iterable[Metric]:
         snap = self._pipeline.task_snapshot()
@@ -66,11 +68,8 @@ class TaskCollector:
             for labels, value in values.items():
                 family.add_metric(list(labels), value)
             yield family
-        tasks = self._pipeline.tasks
-        yield _histogram(defs.TASK_DURATION.histogram(), tasks.duration_buckets, snap.duration)
-        yield _histogram(
-            defs.TASK_QUEUE_WAIT.histogram(), tasks.queue_wait_buckets, snap.queue_wait
-        )
+        yield _histogram(defs.TASK_DURATION.histogram(), self._duration_bounds, snap.duration)
+        yield _histogram(defs.TASK_QUEUE_WAIT.histogram(), self._queue_wait_bounds, snap.queue_wait)
         running: dict[tuple[str, str], int] = {}
         oldest: dict[tuple[str, str], float] = {}
         for task in snap.running:

@@ -52,7 +52,6 @@ _msgpack = _load_msgpack()
 if _msgpack is not None:
     _BODY_LOADERS[MSGPACK] = _msgpack
 
-SAFE_CONTENT_TYPES = frozenset(_BODY_LOADERS)
 _WRAPPER = "ExceptionWithTraceback"
 
 

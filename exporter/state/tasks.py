@@ -297,9 +297,12 @@ class TaskState:
         for it (up to ``name_wait``), as long as producers send task-sent at all: one was seen
         in the last ``SENT_MEMORY`` seconds. Without task-sent nothing is held back.
         """
-        if record.queue is not None or self._resolver.resolve(record.name, hostname):
-            return False
-        return self.sent_recently(now)
+        # Cheapest first: without task-sent producers the resolver is not consulted at all.
+        return (
+            record.queue is None
+            and self.sent_recently(now)
+            and not self._resolver.resolve(record.name, hostname)
+        )
 
     def sent_recently(self, now: float) -> bool:
         """Whether a task-sent arrived within the last ``SENT_MEMORY`` seconds."""
