@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         description="RabbitMQ: bytes of dropped messages waiting to be counted at most (it "
         "fills only while the exporter is stalled).",
     )
+    amqp_heartbeat_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="RabbitMQ: AMQP heartbeat interval asked for, whole seconds (the broker may "
+        "lower it; 0 turns heartbeats off). Silence for two intervals ends the connection.",
+    )
 
     # --- HTTP ---
     host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104

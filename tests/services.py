@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -256,6 +256,17 @@ class RabbitMQServer:
     @property
     def running(self) -> bool:
         return self._server.running
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the node (beam.smp): connections stay open but nothing answers."""
+        proc = self._server.proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
 
     def env(self) -> dict[str, str]:
         """The environment the server and its CLI tools (rabbitmqctl) must share."""

@@ -170,3 +170,50 @@ def test_event_queue_gone_with_its_connection_is_declared_again(
     wait_counted(exporter, 100, RECOVERY_SECONDS)
     samples = scrape(exporter.port)
     assert value(samples, "celery_exporter_source_reconnects_total", source="events") == 1
+
+
+@pytest.mark.rabbitmq
+def test_idle_rabbitmq_connection_is_kept_alive_by_our_heartbeats(
+    rabbitmq_server: RabbitMQServer, exporter_factory: ExporterFactory
+) -> None:
+    """With a 1 s heartbeat and nothing published, RabbitMQ closes a client that stays silent
+    for two intervals; the exporter reads the socket itself, so it must send them: after 6 s
+    idle it is still on its first connection and counts exactly."""
+    exporter = exporter_factory(
+        rabbitmq_server.url, "--no-collector-queues", "--amqp-heartbeat-seconds", "1"
+    )
+    time.sleep(6)
+    publish(rabbitmq_server.url, 20, prefix="idle")
+    wait_counted(exporter, 20, RECOVERY_SECONDS)
+    samples = scrape(exporter.port)
+    assert value(samples, "celery_exporter_source_reconnects_total", source="events") == 0
+
+
+@pytest.mark.rabbitmq
+def test_a_silent_rabbitmq_broker_is_left_and_rejoined(
+    rabbitmq_server: RabbitMQServer, exporter_factory: ExporterFactory
+) -> None:
+    """A broker that hangs (SIGSTOP) keeps the TCP connection open but sends nothing, not
+    even heartbeats: after two 1 s intervals the exporter gives the connection up (/readyz
+    503), and once the broker runs again it reconnects and counts exactly."""
+    exporter = exporter_factory(
+        rabbitmq_server.url, "--no-collector-queues", "--amqp-heartbeat-seconds", "1"
+    )
+    publish(rabbitmq_server.url, 30, prefix="before")
+    wait_counted(exporter, 30, RECOVERY_SECONDS)
+    with rabbitmq_server.paused():
+        wait_until(
+            lambda: http_get(exporter.url + "/readyz").status == 503,
+            RECOVERY_SECONDS,
+            "/readyz stayed 200 with the broker silent",
+        )
+    wait_until(
+        lambda: http_get(exporter.url + "/readyz").status == 200,
+        RECOVERY_SECONDS,
+        lambda: f"/readyz never recovered; stderr:\n{exporter.stderr()}",
+    )
+    publish(rabbitmq_server.url, 40, prefix="after")
+    wait_counted(exporter, 70, RECOVERY_SECONDS)
+    samples = scrape(exporter.port)
+    assert value(samples, "celery_exporter_source_reconnects_total", source="events") == 1
+    assert "nothing from the broker" in exporter.stderr()

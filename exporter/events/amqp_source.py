@@ -7,34 +7,38 @@ either reason is dead-lettered to a second exclusive queue of ours, which is dra
 counted (``celery_exporter_events_dropped_total{reason="broker_ttl"|"broker_overflow"}``), so
 counted plus dropped equals what was published.
 
-Messages are taken from py-amqp without building kombu Message objects, and applied in
-batches: the body goes straight to the decoder.
+Once the consumers are registered the session reads the socket itself, in large chunks, and
+applies whatever one read completed as one batch: the body goes straight to the decoder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import kombu
 import orjson
 
 from exporter.config import Settings
+from exporter.events.amqp_frames import CLOSE, HEARTBEAT, FrameParser
 from exporter.events.model import DropReason
 from exporter.events.source import Session
 from exporter.logs import redact_url
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 1.0
-HEARTBEAT_SECONDS = 30
-# Messages are applied in batches of up to this many, at most this long after the first.
-BATCH_MESSAGES = 512
-BATCH_PAUSE_SECONDS = 0.02
+POLL_SECONDS = 0.5
+CLOSE_SECONDS = 0.5
+# Everything one read returns is applied as one batch: up to this many bytes of frames.
+READ_SIZE = 512 * 1024
+EVENT_TAG = "events"
+DEAD_LETTER_TAG = "dropped"
 
 # x-death reasons (RabbitMQ's dead-lettering) -> our drop reasons.
 _DEATH_REASONS = {
@@ -98,57 +102,104 @@ def events_in(body: bytes) -> int:
 
 
 class AmqpSession(Session):
-    """One consumer on a freshly declared event queue, one on its dead-letter queue."""
+    """One consumer on a freshly declared event queue, one on its dead-letter queue.
+
+    py-amqp opens the connection, declares the queues and registers the consumers; from then on
+    the session reads the socket itself (see ``amqp_frames``) and keeps the heartbeats going.
+    """
 
     def run_session(self, stop: threading.Event) -> None:
         settings = self._settings
-        conn = self.connection(heartbeat=HEARTBEAT_SECONDS)
+        conn = self.connection(heartbeat=settings.amqp_heartbeat_seconds)
+        amqp_conn: Any = None
         try:
             conn.connect()
+            amqp_conn = conn.connection
             channel: Any = conn.channel()
-            # py-amqp would decode every body to str, and the decoder wants bytes back.
+            # py-amqp would decode every body to str, and the decoder wants bytes.
             channel.auto_decode = False
             name = f"celeryev.exporter.{uuid.uuid4()}"
             dropped_name = f"{name}.dropped"
             dead_letter_queue(settings, dropped_name)(channel).declare()
             event_queue(settings, name, dropped_name)(channel).declare()
-            batch: list[tuple[bytes, str | None]] = []
-
-            def on_message(message: Any) -> None:
-                batch.append((message.body, message.properties.get("content_type")))
-
-            def on_dropped(message: Any) -> None:
-                self._pipeline.note_broker_drop(
-                    death_reason(message.properties.get("application_headers")),
-                    events_in(message.body),
-                )
-
-            channel.basic_consume(queue=dropped_name, no_ack=True, callback=on_dropped)
-            channel.basic_consume(queue=name, no_ack=True, callback=on_message)
+            # Whatever arrives while py-amqp still reads (until the last consume-ok) goes
+            # through these callbacks; everything after, through the frame parser.
+            channel.basic_consume(
+                queue=dropped_name,
+                no_ack=True,
+                consumer_tag=DEAD_LETTER_TAG,
+                callback=lambda m: self._dropped([(m.properties, m.body)]),
+            )
+            channel.basic_consume(
+                queue=name,
+                no_ack=True,
+                consumer_tag=EVENT_TAG,
+                callback=lambda m: self._pipeline.feed_bodies(
+                    [(m.body, m.properties.get("content_type"))]
+                ),
+            )
             self.status.mark_connected(f"{redact_url(conn.as_uri())} (queue {name})")
-            self._consume(conn, batch, stop)
+            transport = amqp_conn.transport
+            self._consume(transport.sock, transport._read_buffer, amqp_conn.heartbeat or 0, stop)
         finally:
+            if amqp_conn is not None:
+                # The stream is ours now: py-amqp's closing handshake would misread it.
+                amqp_conn.collect()
             conn.release()
 
     def _consume(
-        self, conn: Any, batch: list[tuple[bytes, str | None]], stop: threading.Event
+        self, sock: socket.socket, pending: bytes, heartbeat: float, stop: threading.Event
     ) -> None:
+        parser = FrameParser(EVENT_TAG, DEAD_LETTER_TAG)
         feed = self._pipeline.feed_bodies
-        next_beat = time.monotonic() + POLL_SECONDS
-        opened = 0.0  # when the open batch got its first message
+        sock.settimeout(POLL_SECONDS)
+        last_in = last_out = time.monotonic()
+        data = pending
         while not stop.is_set():
-            # A short timeout while a batch is open, so a lull flushes it promptly.
-            timeout = BATCH_PAUSE_SECONDS if batch else POLL_SECONDS
-            with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=timeout)
+            if data:
+                events, dead_letters = parser.feed(data)
+                if events:
+                    feed(events)
+                if dead_letters:
+                    self._dropped(dead_letters)
+            # RabbitMQ sends heartbeats at half its interval when idle and closes on a client
+            # that sends nothing for two; the same rule in the other direction finds a dead
+            # broker behind a connection that still looks open.
             now = time.monotonic()
-            if batch:
-                opened = opened or now
-                if len(batch) >= BATCH_MESSAGES or now - opened >= BATCH_PAUSE_SECONDS:
-                    feed(batch)
-                    batch.clear()
-                    opened = 0.0
-            # Heartbeats go out only from here, busy or idle, or RabbitMQ closes on us.
-            if now >= next_beat:
-                conn.heartbeat_check()
-                next_beat = now + POLL_SECONDS
+            if heartbeat and now - last_out >= heartbeat / 2:
+                sock.sendall(HEARTBEAT)
+                last_out = now
+            if heartbeat and now - last_in > heartbeat * 2:
+                raise ConnectionError(f"nothing from the broker for {now - last_in:.0f} s")
+            try:
+                data = sock.recv(READ_SIZE)
+            except TimeoutError:
+                data = b""
+                continue
+            if not data:
+                raise ConnectionError("the broker closed the connection")
+            last_in = now
+        self._close(sock, parser)
+
+    @staticmethod
+    def _close(sock: socket.socket, parser: FrameParser) -> None:
+        """Say goodbye the protocol's way, so the broker logs no abrupt disconnect."""
+        sock.sendall(CLOSE)
+        deadline = time.monotonic() + CLOSE_SECONDS
+        sock.settimeout(CLOSE_SECONDS)
+        # Until close-ok, the protocol says every other frame is to be discarded. A broker that
+        # does not answer in time is left to notice the closed socket.
+        with contextlib.suppress(OSError):
+            while not parser.closed and time.monotonic() < deadline:
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    return
+                parser.feed(data)
+
+    def _dropped(self, dead_letters: list[tuple[dict[str, Any], bytes]]) -> None:
+        """Count dead-lettered messages by reason, one pipeline call per reason."""
+        counts: Counter[DropReason] = Counter()
+        for properties, body in dead_letters:
+            counts[death_reason(properties.get("application_headers"))] += events_in(body)
+        for reason, events in counts.items():
+            self._pipeline.note_broker_drop(reason, events)
