@@ -48,6 +48,14 @@ def wait_counted(exporter: ExporterProcess, expected: int, timeout: float) -> No
     )
 
 
+def wait_readyz(exporter: ExporterProcess, status: int) -> None:
+    wait_until(
+        lambda: http_get(exporter.url + "/readyz").status == status,
+        RECOVERY_SECONDS,
+        lambda: f"/readyz never answered {status}; stderr:\n{exporter.stderr()}",
+    )
+
+
 @contextmanager
 def stalled(exporter: ExporterProcess) -> Iterator[None]:
     """SIGSTOP the exporter for the duration, as a long GC pause or CPU starvation would."""
@@ -100,18 +108,10 @@ def test_rabbitmq_restart_mid_stream_recovers_without_double_counting(
     publish(rabbitmq_server.url, 300, prefix="before")
     wait_counted(exporter, 300, RECOVERY_SECONDS)
     rabbitmq_server.stop()
-    wait_until(
-        lambda: http_get(exporter.url + "/readyz").status == 503,
-        RECOVERY_SECONDS,
-        "/readyz stayed 200 with the broker down",
-    )
+    wait_readyz(exporter, 503)
     rabbitmq_server.start()
     back = time.monotonic()
-    wait_until(
-        lambda: http_get(exporter.url + "/readyz").status == 200,
-        RECOVERY_SECONDS,
-        lambda: f"/readyz never recovered; stderr:\n{exporter.stderr()}",
-    )
+    wait_readyz(exporter, 200)
     publish(rabbitmq_server.url, 200, prefix="after")
     wait_counted(exporter, 500, RECOVERY_SECONDS)
     assert time.monotonic() - back < RESUME_SECONDS + 5.0  # publishing 200 takes a moment
@@ -172,6 +172,10 @@ def test_event_queue_gone_with_its_connection_is_declared_again(
     assert value(samples, "celery_exporter_source_reconnects_total", source="events") == 1
 
 
+def one_second_heartbeats(server: RabbitMQServer, factory: ExporterFactory) -> ExporterProcess:
+    return factory(server.url, "--no-collector-queues", "--amqp-heartbeat-seconds", "1")
+
+
 @pytest.mark.rabbitmq
 def test_idle_rabbitmq_connection_is_kept_alive_by_our_heartbeats(
     rabbitmq_server: RabbitMQServer, exporter_factory: ExporterFactory
@@ -179,9 +183,7 @@ def test_idle_rabbitmq_connection_is_kept_alive_by_our_heartbeats(
     """With a 1 s heartbeat and nothing published, RabbitMQ closes a client that stays silent
     for two intervals; the exporter reads the socket itself, so it must send them: after 6 s
     idle it is still on its first connection and counts exactly."""
-    exporter = exporter_factory(
-        rabbitmq_server.url, "--no-collector-queues", "--amqp-heartbeat-seconds", "1"
-    )
+    exporter = one_second_heartbeats(rabbitmq_server, exporter_factory)
     time.sleep(6)
     publish(rabbitmq_server.url, 20, prefix="idle")
     wait_counted(exporter, 20, RECOVERY_SECONDS)
@@ -196,22 +198,12 @@ def test_a_silent_rabbitmq_broker_is_left_and_rejoined(
     """A broker that hangs (SIGSTOP) keeps the TCP connection open but sends nothing, not
     even heartbeats: after two 1 s intervals the exporter gives the connection up (/readyz
     503), and once the broker runs again it reconnects and counts exactly."""
-    exporter = exporter_factory(
-        rabbitmq_server.url, "--no-collector-queues", "--amqp-heartbeat-seconds", "1"
-    )
+    exporter = one_second_heartbeats(rabbitmq_server, exporter_factory)
     publish(rabbitmq_server.url, 30, prefix="before")
     wait_counted(exporter, 30, RECOVERY_SECONDS)
     with rabbitmq_server.paused():
-        wait_until(
-            lambda: http_get(exporter.url + "/readyz").status == 503,
-            RECOVERY_SECONDS,
-            "/readyz stayed 200 with the broker silent",
-        )
-    wait_until(
-        lambda: http_get(exporter.url + "/readyz").status == 200,
-        RECOVERY_SECONDS,
-        lambda: f"/readyz never recovered; stderr:\n{exporter.stderr()}",
-    )
+        wait_readyz(exporter, 503)
+    wait_readyz(exporter, 200)
     publish(rabbitmq_server.url, 40, prefix="after")
     wait_counted(exporter, 70, RECOVERY_SECONDS)
     samples = scrape(exporter.port)
