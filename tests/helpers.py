@@ -1,4 +1,4 @@
-"""Waiting, HTTP and /metrics helpers for the end-to-end tests.
+"""Waiting, HTTP, /metrics and event publishing helpers for the end-to-end tests.
 
 Tests never sleep for a fixed time: they poll with ``wait_until`` against a deadline, and fail
 with a message that says what was expected and what was last seen.
@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from celery.events import EventDispatcher
+from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -182,3 +184,12 @@ def wait_for_value(port: int, expected: float, name: str, timeout: float, **labe
             + ", ".join(f"{dict(s.labels)}={s.value}" for s in present)
         ),
     )
+
+
+def publish(url: str, count: int, *, prefix: str, padding: str = "") -> None:
+    """``count`` task-started events through Celery's own dispatcher, one per message."""
+    with Connection(url) as conn:  # type: ignore[no-untyped-call]  # kombu is untyped
+        dispatcher = EventDispatcher(conn, hostname="celery@faults", groups=None)
+        for number in range(count):
+            dispatcher.send("task-started", uuid=f"{prefix}-{number}", padding=padding)
+        dispatcher.close()

@@ -15,25 +15,14 @@ from contextlib import contextmanager
 
 import pytest
 import redis
-from celery.events import EventDispatcher
-from kombu import Connection
 
-from tests.helpers import http_get, scrape, value, wait_until
+from tests.helpers import http_get, publish, scrape, value, wait_until
 from tests.services import ExporterFactory, ExporterProcess, RabbitMQServer, RedisFactory
 
 RECOVERY_SECONDS = 20.0
 # A restarted broker is back within this long of the exporter's counting resuming (the issue's
 # bound), plus the first reconnect's backoff of the test exporters (capped at 1 s).
 RESUME_SECONDS = 5.0
-
-
-def publish(url: str, count: int, *, prefix: str, padding: str = "") -> None:
-    """``count`` task-started events through Celery's own dispatcher, one per message."""
-    with Connection(url) as conn:  # type: ignore[no-untyped-call]  # kombu is untyped
-        dispatcher = EventDispatcher(conn, hostname="celery@faults", groups=None)
-        for number in range(count):
-            dispatcher.send("task-started", uuid=f"{prefix}-{number}", padding=padding)
-        dispatcher.close()
 
 
 def started_events(port: int) -> float:
