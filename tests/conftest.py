@@ -16,6 +16,7 @@ import pytest
 
 from tests import sample_app
 from tests.celery_procs import CeleryProcesses, ProcsFactory
+from tests.certs import Certificates, make_certificates
 from tests.helpers import http_get, wait_until
 from tests.services import (
     CeleryWorker,
@@ -57,6 +58,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A CA and the server certificate it signed for 127.0.0.1 and localhost."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")

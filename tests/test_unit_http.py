@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
-import subprocess
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
+from tests.certs import Certificates
 
 Check = Callable[[str], Awaitable[None]]
 
@@ -107,22 +105,14 @@ def test_protect_health_requires_auth_everywhere() -> None:
     _serve(check, auth=auth, protect_health=True)
 
 
-def test_tls_serves_https(tmp_path: Path) -> None:
-    """With a certificate and key, the server speaks HTTPS only."""
-    openssl = shutil.which("openssl")
-    assert openssl, "openssl is needed to make a test certificate: apt-get install openssl"
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    client = ssl.create_default_context(cafile=str(cert))
-    client.check_hostname = False
+def test_tls_serves_https(tls_certificates: Certificates) -> None:
+    """With a certificate and key, the server speaks HTTPS only, and a client that checks the
+    chain and the name accepts it."""
+    client = ssl.create_default_context(cafile=str(tls_certificates.ca))
 
     async def check(server: HttpServer) -> None:
         assert await _status(f"https://127.0.0.1:{server.port}/healthz", ssl=client) == 200
         with pytest.raises(aiohttp.ClientError):
             await _status(f"http://127.0.0.1:{server.port}/healthz")
 
-    _serve(check, tls=ssl_context(cert, key, None))
+    _serve(check, tls=ssl_context(tls_certificates.cert, tls_certificates.key, None))
