@@ -7,7 +7,7 @@ join task events to their name by uuid (only task-sent and task-received carry i
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import orjson
@@ -41,14 +41,10 @@ class Truth(NamedTuple):
         return sum(self.events.values())
 
 
-def decode_events(messages: Iterable[Message]) -> Iterator[dict[str, Any]]:
-    """Every event in the recorded messages, batches flattened, in order."""
-    for _channel, payload in messages:
-        body = orjson.loads(base64.b64decode(orjson.loads(payload)["body"]))
-        if isinstance(body, list):
-            yield from body
-        else:
-            yield body
+def message_events(payload: bytes) -> list[dict[str, Any]]:
+    """The events of one recorded message (a ``*.multi`` batch carries several)."""
+    body = orjson.loads(base64.b64decode(orjson.loads(payload)["body"]))
+    return body if isinstance(body, list) else [body]
 
 
 def exception_class(text: str) -> str:
@@ -56,34 +52,79 @@ def exception_class(text: str) -> str:
     return text.split("(", 1)[0].strip().rsplit(".", 1)[-1]
 
 
-def truth_of(messages: Iterable[Message]) -> Truth:
-    events = list(decode_events(messages))
-    names: dict[str, str] = {}
-    for event in events:
-        if event["type"] in ("task-sent", "task-received") and event.get("name"):
-            names.setdefault(event["uuid"], event["name"])
-    by_type: dict[str, int] = {}
-    counters: dict[CounterKey, int] = {}
-    for event in events:
+class Tally:
+    """``truth_of`` one message at a time, for streams too long to hold."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}
+        self.names: dict[str, str] = {}  # uuid -> task name
+        self._counters: dict[CounterKey, int] = {}
+        # uuid -> (metric, exception) of events seen before the task's name
+        self._unnamed: dict[str, list[tuple[str, str]]] = {}
+        self._last_timestamp = 0.0
+
+    def add(self, messages: Iterable[Message]) -> list[int]:
+        """Count the events in ``messages``; returns how many each message carries."""
+        counts = []
+        for _channel, payload in messages:
+            events = message_events(payload)
+            counts.append(len(events))
+            for event in events:
+                self._add(event)
+        return counts
+
+    def _add(self, event: dict[str, Any]) -> None:
         etype = event["type"]
-        by_type[etype] = by_type.get(etype, 0) + 1
+        self.events[etype] = self.events.get(etype, 0) + 1
+        self._last_timestamp = float(event["timestamp"])
         metric = TASK_COUNTERS.get(etype)
         if metric is None:
-            continue
+            return
+        uuid = event["uuid"]
+        naming = etype in ("task-sent", "task-received") and event.get("name")
+        if naming and uuid not in self.names:
+            self.names[uuid] = event["name"]
+            for earlier, exception in self._unnamed.pop(uuid, ()):
+                self._count(earlier, event["name"], exception)
         exception = exception_class(event["exception"]) if etype == "task-failed" else ""
-        key = (metric, names.get(event["uuid"], "unknown"), exception)
-        counters[key] = counters.get(key, 0) + 1
-    return Truth(by_type, counters, float(events[-1]["timestamp"]) if events else 0.0)
+        name = self.names.get(uuid)
+        if name is None:
+            self._unnamed.setdefault(uuid, []).append((metric, exception))
+        else:
+            self._count(metric, name, exception)
+
+    def _count(self, metric: str, name: str, exception: str) -> None:
+        key = (metric, name, exception)
+        self._counters[key] = self._counters.get(key, 0) + 1
+
+    def truth(self) -> Truth:
+        """The counts so far; events of ids never named count as task ``unknown``."""
+        counters = dict(self._counters)
+        for pending in self._unnamed.values():
+            for metric, exception in pending:
+                key = (metric, "unknown", exception)
+                counters[key] = counters.get(key, 0) + 1
+        return Truth(dict(self.events), counters, self._last_timestamp)
+
+
+def truth_of(messages: Iterable[Message]) -> Truth:
+    tally = Tally()
+    tally.add(messages)
+    return tally.truth()
+
+
+def scanned_total(text: str, name: str) -> float:
+    """Sum of the samples of ``name`` in a /metrics page; a plain scan, no full parse."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def events_counted(text: str) -> int:
-    """Sum of celery_exporter_events_total in a /metrics page; a plain scan, no full parse."""
-    prefix = EVENTS_TOTAL + "{"
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    """Sum of celery_exporter_events_total in a /metrics page."""
+    return int(scanned_total(text, EVENTS_TOTAL))
 
 
 def sample_count(text: str) -> int:
@@ -134,12 +175,8 @@ def mismatches(expected: Truth, actual: Truth) -> list[str]:
 
 
 def events_per_message(messages: Iterable[Message]) -> list[int]:
-    """How many events each message carries (a ``*.multi`` batch carries a list)."""
-    counts = []
-    for _channel, payload in messages:
-        body = orjson.loads(base64.b64decode(orjson.loads(payload)["body"]))
-        counts.append(len(body) if isinstance(body, list) else 1)
-    return counts
+    """How many events each message carries."""
+    return [len(message_events(payload)) for _channel, payload in messages]
 
 
 def total_where(text: str, name: str, label: str, value: str) -> float:

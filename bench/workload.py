@@ -10,9 +10,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import heapq
+import itertools
 import json
 import random
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -35,6 +38,8 @@ EXCEPTIONS = (
 )
 _MODULES = ("accounts", "billing", "catalog", "emails", "media", "orders", "reports", "search")
 _VERBS = ("sync", "send", "build", "refresh", "process", "import", "export", "notify", "resize")
+# How a task event changes the number of tasks its worker runs, for heartbeats.
+_RUNNING = {"task-started": 1, "task-succeeded": -1, "task-failed": -1, "task-retried": -1}
 
 
 class SimEvent(NamedTuple):
@@ -128,7 +133,8 @@ class _Cluster:
             name: [EXCEPTIONS[(i + j) % len(EXCEPTIONS)] for j in range(spec.exceptions_per_task)]
             for i, name in enumerate(self.names)
         }
-        self.timed: list[tuple[float, int, SimEvent]] = []
+        self.timed: list[tuple[float, int, SimEvent]] = []  # (time, emission order, event)
+        self._order = itertools.count()
         self.task_event_count = 0
         self.runs: dict[str, list[tuple[float, float]]] = {w: [] for w in self.workers}
         self.received_at: dict[str, list[float]] = {w: [] for w in self.workers}
@@ -138,7 +144,7 @@ class _Cluster:
 
     def emit(self, at: float, hostname: str, etype: str, **fields: Any) -> None:
         fields["timestamp"] = round(at, 6)  # last, as Event() appends it
-        self.timed.append((at, len(self.timed), SimEvent(hostname, etype, fields)))
+        self.timed.append((at, next(self._order), SimEvent(hostname, etype, fields)))
         if etype.startswith("task-"):
             self.task_event_count += 1
 
@@ -204,13 +210,52 @@ class _Cluster:
             etype = "worker-online"
             while at <= end:
                 active = bisect.bisect_right(starts, at) - bisect.bisect_right(ends, at)
-                load = round(1.0 + active / 4 + self.rng.random() / 10, 2)
-                self.emit(at, worker, etype, freq=HEARTBEAT_SECONDS, active=active,
-                          processed=bisect.bisect_right(received, at),
-                          loadavg=[load, round(load * 0.9, 2), round(load * 0.8, 2)],
-                          sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux")  # fmt: skip
+                self.heartbeat(at, worker, etype, active, bisect.bisect_right(received, at))
                 etype = "worker-heartbeat"
                 at += HEARTBEAT_SECONDS
+
+    def heartbeat(self, at: float, worker: str, etype: str, active: int, processed: int) -> None:
+        load = round(1.0 + active / 4 + self.rng.random() / 10, 2)
+        self.emit(at, worker, etype, freq=HEARTBEAT_SECONDS, active=active, processed=processed,
+                  loadavg=[load, round(load * 0.9, 2), round(load * 0.8, 2)],
+                  sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux")  # fmt: skip
+
+    def stream(self, start: float) -> Iterator[SimEvent]:
+        """Tasks from ``start`` on, without end, and heartbeats, in send order."""
+        # Every event of a task comes at or after its task-sent, so whatever falls due
+        # before the next task's task-sent can go. A str is a worker whose heartbeat is due.
+        due: list[tuple[float, int, SimEvent | str]] = []
+        for index, worker in enumerate(self.workers):
+            at = start - 0.5 + index * HEARTBEAT_SECONDS / len(self.workers)
+            due.append((at, next(self._order), worker))
+        heapq.heapify(due)
+        kind = dict.fromkeys(self.workers, "worker-online")
+        active = dict.fromkeys(self.workers, 0)
+        processed = dict.fromkeys(self.workers, 0)
+        at = start
+        while True:
+            self.run_task(at)
+            for emitted in self.timed:
+                heapq.heappush(due, emitted)
+            self.timed.clear()
+            # Only generate()'s heartbeats read these; here the events that went out count.
+            for runs in self.runs.values():
+                runs.clear()
+            for received in self.received_at.values():
+                received.clear()
+            at += self.rng.expovariate(self.spec.tasks_per_second)
+            while due[0][0] <= at:
+                moment, _, item = heapq.heappop(due)
+                if isinstance(item, str):
+                    self.heartbeat(moment, item, kind[item], active[item], processed[item])
+                    kind[item] = "worker-heartbeat"
+                    yield self.timed.pop()[2]
+                    heapq.heappush(due, (moment + HEARTBEAT_SECONDS, next(self._order), item))
+                    continue
+                if item.hostname in active:  # not a producer's task-sent
+                    active[item.hostname] += _RUNNING.get(item.type, 0)
+                    processed[item.hostname] += item.type == "task-received"
+                yield item
 
 
 def generate(spec: WorkloadSpec) -> list[SimEvent]:
@@ -224,3 +269,12 @@ def generate(spec: WorkloadSpec) -> list[SimEvent]:
     cluster.heartbeats(EPOCH - 0.5, last + HEARTBEAT_SECONDS)
     cluster.timed.sort(key=lambda item: (item[0], item[1]))
     return [event for _, _, event in cluster.timed]
+
+
+def stream(spec: WorkloadSpec, start: float) -> Iterator[SimEvent]:
+    """What ``generate`` gives, from ``start`` on and without end, for a sustained replay.
+
+    Tasks come at ``spec.tasks_per_second`` (``task_events`` is not used), each with a new id.
+    Heartbeats report what their worker runs and has received as of the events sent before.
+    """
+    return _Cluster(spec).stream(start)
