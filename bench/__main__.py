@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import redis as redis_py
 
@@ -17,7 +13,7 @@ from bench import burst, memory, rabbitmq, scrape
 from bench.dispatch import cached_recording
 from bench.procs import RedisServer
 from bench.profile import Profile, PySpy
-from bench.report import Section, Value, equals, table, write_json
+from bench.report import Section, Value, equals, finish, load_average, run_meta
 from bench.synthetic import compatibility_problems
 from bench.workload import WorkloadSpec
 
@@ -57,24 +53,6 @@ def _print_profile(profile: Profile, burst_name: str) -> None:
     print(f"  {'self':>6}  line")
     for line in profile.top_lines[:10]:
         print(f"  {line.share:6.1%}  {line.line}")
-
-
-def _git(*args: str) -> str:
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
-    )
-    return done.stdout.strip()
-
-
-def _commit() -> str:
-    """The git commit measured, marked dirty when exporter/ differs from it."""
-    try:
-        head = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "--", "exporter")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def _bursts(
@@ -167,9 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     chosen = args.only or list(SCENARIOS)
     started = time.monotonic()
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"note: load average {load:.2f} before starting: other work shares the CPUs")
+    load = load_average()
     on_redis = [name for name in chosen if name in REDIS_SCENARIOS]
     on_rabbitmq = [name for name in chosen if name in RABBITMQ_SCENARIOS]
     sections: list[Section] = []
@@ -199,25 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profiles["unbatched burst (RabbitMQ)"] = profile
     for name, profile in profiles.items():
         _print_profile(profile, name)
-    print()
-    print(table(sections))
     meta: dict[str, Value] = {
         "quick": args.quick,
         "scenarios": ",".join(chosen),
-        "exporter_commit": _commit(),
-        "python": platform.python_version(),
-        "cpus": len(os.sched_getaffinity(0)),
-        "load_average_before": round(load, 2),
-        "seconds": round(time.monotonic() - started, 1),
+        **run_meta(load, time.monotonic() - started),
     }
     keys = {"unbatched burst (Redis)": "profile", "unbatched burst (RabbitMQ)": "profile_rabbitmq"}
     extra: dict[str, object] = {
         keys[name]: _profile_json(profile) for name, profile in profiles.items()
     }
-    path = write_json(sections, meta, extra)
-    print(f"\nwritten to {path}; took {meta['seconds']} s")
-    missed = any(figure.ok is False for section in sections for figure in section.figures)
-    return 1 if missed else 0
+    return finish(sections, meta, extra)
 
 
 if __name__ == "__main__":

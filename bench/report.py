@@ -1,8 +1,11 @@
-"""Figures, their targets, the printed table and bench/.cache/last.json."""
+"""Figures, their targets, the printed table and the JSON file under bench/.cache/."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -74,8 +77,71 @@ def table(sections: list[Section]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, round(share * len(ordered) + 0.5) - 1)]
+
+
+def load_average() -> float:
+    """The one-minute load average, noted when other work shares the CPUs."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"note: load average {load:.2f} before starting: other work shares the CPUs")
+    return load
+
+
+def _git(*args: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+    )
+    return done.stdout.strip()
+
+
+def _commit() -> str:
+    """The git commit measured, marked dirty when exporter/ differs from it."""
+    try:
+        head = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--", "exporter")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def run_meta(load: float, seconds: float) -> dict[str, Value]:
+    """What every result file records about the run besides its figures."""
+    return {
+        "exporter_commit": _commit(),
+        "python": platform.python_version(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_average_before": round(load, 2),
+        "seconds": round(seconds, 1),
+    }
+
+
+def finish(
+    sections: list[Section],
+    meta: dict[str, Value],
+    extra: dict[str, object] | None = None,
+    *,
+    name: str = "last",
+) -> int:
+    """Print the table, write bench/.cache/<name>.json; the exit status: 1 on a missed target."""
+    print()
+    print(table(sections))
+    path = write_json(sections, meta, extra, name=name)
+    print(f"\nwritten to {path}; took {meta['seconds']} s")
+    missed = any(figure.ok is False for section in sections for figure in section.figures)
+    return 1 if missed else 0
+
+
 def write_json(
-    sections: list[Section], meta: dict[str, Value], extra: dict[str, object] | None = None
+    sections: list[Section],
+    meta: dict[str, Value],
+    extra: dict[str, object] | None = None,
+    *,
+    name: str = "last",
 ) -> Path:
     data: dict[str, object] = {"meta": meta, **(extra or {})}
     for section in sections:
@@ -91,7 +157,7 @@ def write_json(
             },
             "notes": section.notes,
         }
-    path = CACHE_DIR / "last.json"
+    path = CACHE_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path

@@ -10,7 +10,7 @@ from bench.envelope import EnvelopeEncoder
 from bench.monitor import paced_replay, wait_counted
 from bench.procs import ExporterProcess, RedisServer
 from bench.publish import Publisher, pack
-from bench.report import Figure, Section, below, equals
+from bench.report import Figure, Section, below, equals, percentile
 from bench.workload import WorkloadSpec, generate
 
 # 300 names, each routed to one of 5 queues consumed by 2 of the 10 workers, with failures
@@ -33,12 +33,6 @@ QUICK_SCRAPES = 40
 QUICK_GZIP_SCRAPES = 10
 TARGET_P99_MS = 50.0
 WINDOW_BYTES = 16 * 1024 * 1024
-
-
-def _percentile(values: list[float], share: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, round(share * len(ordered) + 0.5) - 1)]
 
 
 def _time_scrapes(exporter: ExporterProcess, count: int, gzipped: bool) -> tuple[list[float], int]:
@@ -76,12 +70,12 @@ def run(redis: RedisServer, *, quick: bool, compatible: list[str]) -> Section:
     add(Figure("series", "series in /metrics", truth.sample_count(page), "", "~30,000"))
     add(equals("unheard", "messages published while unsubscribed", unheard, 0))
     add(equals("exact", "every counter equals the truth", not problems, True))
-    add(Figure("p50_ms", "/metrics p50", _percentile(plain, 0.5), "ms"))
-    add(below("p99_ms", "/metrics p99", _percentile(plain, 0.99), "ms", TARGET_P99_MS))
+    add(Figure("p50_ms", "/metrics p50", percentile(plain, 0.5), "ms"))
+    add(below("p99_ms", "/metrics p99", percentile(plain, 0.99), "ms", TARGET_P99_MS))
     add(Figure("max_ms", "/metrics max", max(plain), "ms"))
     add(Figure("bytes", "/metrics size", size, "B"))
-    add(Figure("gzip_p50_ms", "/metrics p50, gzip", _percentile(zipped, 0.5), "ms"))
-    add(Figure("gzip_p99_ms", "/metrics p99, gzip", _percentile(zipped, 0.99), "ms"))
+    add(Figure("gzip_p50_ms", "/metrics p50, gzip", percentile(zipped, 0.5), "ms"))
+    add(Figure("gzip_p99_ms", "/metrics p99, gzip", percentile(zipped, 0.99), "ms"))
     add(Figure("gzip_bytes", "/metrics size, gzip", zipped_size, "B"))
     add(equals("synthetic_ok", "synthetic envelopes match EventDispatcher's", not compatible, True))
     section.notes.append(
