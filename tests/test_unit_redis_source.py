@@ -1,0 +1,137 @@
+"""The Redis event session in process, over a real redis-server: a backlog is held compressed,
+and every event that waited in it is still counted exactly."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis
+from celery.events import EventDispatcher
+from kombu import Connection
+
+from exporter.config import Settings
+from exporter.events import redis_source
+from exporter.events.redis_source import RedisSession
+from exporter.pipeline import EventPipeline
+from exporter.state.labels import WorkerFilter
+from exporter.state.routing import QueueResolver
+from exporter.state.tasks import TaskState
+from exporter.state.workers import WorkerState
+from tests.helpers import wait_until
+from tests.services import RedisServer
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
+
+EVENTS = 3000
+LARGE_EVERY = 500  # every so often an event larger than a parser slice (FEED_BYTES)
+
+
+def _recorded(url: str) -> list[tuple[bytes, bytes]]:
+    """Task-started events as Celery's dispatcher publishes them: (channel, message) pairs."""
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    pubsub.psubscribe("*celeryev*")
+    recorded: list[tuple[bytes, bytes]] = []
+    with Connection(url) as conn:  # type: ignore[no-untyped-call]  # kombu is untyped
+        dispatcher = EventDispatcher(conn, hostname="celery@unit", groups=None)
+        for number in range(EVENTS):
+            padding = "x" * (40_000 if number % LARGE_EVERY == 0 else 200)
+            dispatcher.send("task-started", uuid=f"backlog-{number}", padding=padding)
+        dispatcher.close()
+    while len(recorded) < EVENTS:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None, f"recorded {len(recorded)} of {EVENTS} events"
+        if message["type"] == "pmessage":
+            recorded.append((message["channel"], message["data"]))
+    pubsub.close()
+    client.close()
+    return recorded
+
+
+@contextmanager
+def _subscribed(url: str) -> Iterator[tuple[RedisSession, EventPipeline]]:
+    """A session subscribed in a thread of its own, and the pipeline it feeds."""
+    values: dict[str, Any] = {"broker_url": url}
+    settings = Settings(**values)
+    pipeline = EventPipeline(
+        tasks=TaskState.from_settings(
+            settings, resolver=QueueResolver(), worker_filter=WorkerFilter(None)
+        ),
+        workers=WorkerState.from_settings(settings),
+        clock=time.time,
+        max_event_bytes=settings.max_event_bytes,
+    )
+    session = RedisSession(url=url, settings=settings, pipeline=pipeline)
+    stop = threading.Event()
+    thread = threading.Thread(target=session.run_session, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: session.status.connected, 10, "never subscribed")
+        yield session, pipeline
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def _settled(read: Callable[[], int], timeout: float) -> int:
+    """What ``read`` returns once it stays the same for a second."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        before, value = value, read()
+        if value == before:
+            return value
+    raise AssertionError(f"still changing after {timeout} s: {value}")
+
+
+def test_backlog_is_kept_compressed_and_counted_exactly(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the pipeline held (a consumer far behind), a burst of real Celery events piles up
+    in the reader's backlog: past the threshold it is compressed, so the backlog holds a
+    fraction of the bytes sent. Once the pipeline runs again every event is counted exactly,
+    none dropped, and the backlog is empty."""
+    monkeypatch.setattr(redis_source, "COMPRESS_ABOVE", 64 * 1024)
+    recorded = _recorded(redis_server.url)
+    sent = sum(len(message) for _, message in recorded)
+    client = redis.Redis.from_url(redis_server.url)
+    with _subscribed(redis_server.url) as (source, pipeline):
+        with pipeline.lock:
+            burst = client.pipeline(transaction=False)
+            for channel, message in recorded:
+                burst.publish(channel, message)
+            burst.execute()
+            held = _settled(lambda: source.status.buffered_bytes, 20)
+        assert 0 < held < sent / 3, f"{held} bytes held for {sent} bytes sent"
+        wait_until(
+            lambda: pipeline.stats().events.get("task-started", 0) == EVENTS,
+            20,
+            lambda: f"counted {pipeline.stats().events}",
+        )
+        stats = pipeline.stats()
+        assert stats.events == {"task-started": EVENTS}
+        assert stats.dropped == {}
+        wait_until(lambda: source.status.buffered_bytes == 0, 5, "the backlog never drained")
+    client.close()
+
+
+def test_compressed_chunk_comes_back_a_batch_at_a_time() -> None:
+    """A compressed chunk is decompressed in pieces of at most a batch, which together are
+    the chunk."""
+    data = bytes(range(256)) * (3 * redis_source.BATCH_BYTES // 256 + 7)
+    packed = redis_source._Packed(zstd.compress(data, level=1))
+    pieces = list(redis_source._unpacked(packed))
+    assert len(pieces) > 1
+    assert all(len(piece) <= redis_source.BATCH_BYTES for piece in pieces)
+    assert b"".join(pieces) == data
