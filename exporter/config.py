@@ -131,8 +131,9 @@ class Settings(BaseSettings):
     event_buffer_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024 * 1024,
-        description="Redis: bytes read off the socket but not yet decoded, at most; past it "
-        "the reader stops reading and the backlog waits in Redis.",
+        description="Redis: bytes read off the socket but not yet decoded, at most, as held "
+        "(past 4 MiB they are kept zstd-compressed); past it the reader stops reading and the "
+        "backlog waits in Redis.",
     )
     max_event_bytes: int = Field(
         default=4 * 1024 * 1024,
