@@ -2,7 +2,9 @@
 
 The brokers are real servers (tests/services.py): redis-server starts with the first test that
 needs it, rabbitmq-server (5-10 s) only when a RabbitMQ test runs; both once per session, killed
-at the end. A missing binary fails the tests that need it, with the apt-get line to fix it.
+at the end. RabbitMQ also listens for AMQP over TLS, with a throwaway CA made for the session,
+rather than paying a second node's start-up for the TLS tests. A missing binary fails the tests
+that need it, with the apt-get line to fix it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tests.services import (
     ProducerFactory,
     RabbitMQServer,
     RedisFactory,
+    RedisSentinel,
     RedisServer,
     ServiceError,
     WorkerFactory,
@@ -32,7 +35,7 @@ from tests.services import (
 
 EXPORTER_READY_SECONDS = 20.0
 
-S = TypeVar("S", RedisServer, RabbitMQServer)
+S = TypeVar("S", RedisServer, RedisSentinel, RabbitMQServer)
 
 
 def _start(make: Callable[[], S]) -> S:
@@ -67,10 +70,13 @@ def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
-    """A rabbitmq-server with the management plugin, started on first use, once per session."""
+def rabbitmq_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_certificates: Certificates
+) -> Iterator[RabbitMQServer]:
+    """A rabbitmq-server with the management plugin and a TLS listener, started on first use,
+    once per session."""
     workdir = tmp_path_factory.mktemp("rabbitmq")
-    server = _start(lambda: RabbitMQServer(workdir))
+    server = _start(lambda: RabbitMQServer(workdir, tls=tls_certificates))
     try:
         yield server
     finally:
@@ -92,6 +98,27 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture
+def rediss_server(tmp_path: Path, tls_certificates: Certificates) -> Iterator[RedisServer]:
+    """A private redis-server that speaks TLS only."""
+    server = _start(lambda: RedisServer(tmp_path / "rediss", tls=tls_certificates))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path, redis_factory: RedisFactory) -> Iterator[RedisSentinel]:
+    """A Sentinel watching a private redis-server (its ``master``)."""
+    master = redis_factory()
+    sentinel = _start(lambda: RedisSentinel(tmp_path / "sentinel", master))
+    try:
+        yield sentinel
+    finally:
+        sentinel.close()
 
 
 @pytest.fixture

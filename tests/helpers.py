@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from celery.events import EventDispatcher
 from kombu import Connection
@@ -19,6 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 POLL_SECONDS = 0.1
+# The sender of the events publish() and publish_successes() make up.
+PUBLISHER = "celery@e2e"
+# The events of a task that succeeded at its first attempt, in the order Celery sends them.
+SUCCESS_EVENTS = ("task-sent", "task-received", "task-started", "task-succeeded")
 
 
 def wait_until(
@@ -186,10 +191,40 @@ def wait_for_value(port: int, expected: float, name: str, timeout: float, **labe
     )
 
 
+@contextmanager
+def event_dispatcher(url: str, transport_options: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """Celery's own event dispatcher on a connection of its own, sending as ``PUBLISHER``."""
+    options = dict(transport_options or {})
+    # kombu is untyped.
+    with Connection(url, transport_options=options) as conn:  # type: ignore[no-untyped-call]
+        dispatcher = EventDispatcher(conn, hostname=PUBLISHER, groups=None)
+        try:
+            yield dispatcher
+        finally:
+            dispatcher.close()
+
+
 def publish(url: str, count: int, *, prefix: str, padding: str = "") -> None:
     """``count`` task-started events through Celery's own dispatcher, one per message."""
-    with Connection(url) as conn:  # type: ignore[no-untyped-call]  # kombu is untyped
-        dispatcher = EventDispatcher(conn, hostname="celery@faults", groups=None)
+    with event_dispatcher(url) as dispatcher:
         for number in range(count):
             dispatcher.send("task-started", uuid=f"{prefix}-{number}", padding=padding)
-        dispatcher.close()
+
+
+def publish_successes(
+    url: str,
+    count: int,
+    *,
+    task: str,
+    queue: str,
+    transport_options: Mapping[str, Any] | None = None,
+) -> None:
+    """``count`` tasks named ``task`` that ran once and succeeded: ``SUCCESS_EVENTS`` each,
+    one per message, worker ``PUBLISHER``."""
+    with event_dispatcher(url, transport_options) as dispatcher:
+        for number in range(count):
+            uuid = f"{task}-{number}"
+            dispatcher.send("task-sent", uuid=uuid, name=task, queue=queue, retries=0)
+            dispatcher.send("task-received", uuid=uuid, name=task, retries=0)
+            dispatcher.send("task-started", uuid=uuid)
+            dispatcher.send("task-succeeded", uuid=uuid, runtime=0.001)

@@ -20,11 +20,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Self
 
 from tests import sample_app
+from tests.certs import Certificates
 
 INSTALL_HINT = "apt-get install redis-server rabbitmq-server"
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -130,6 +132,15 @@ class _Process:
                 )
             time.sleep(0.05)
 
+    def serve(self, argv: list[str], port: int, timeout: float) -> None:
+        """Spawn a server and wait until it listens on ``port``; killed again if it does not."""
+        self.spawn(argv)
+        try:
+            self.wait_port(port, timeout)
+        except ServiceError:
+            self.stop(kill=True)
+            raise
+
     def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (or SIGKILL) the process, then SIGKILL its whole group; always reaps it."""
         proc, self.proc = self.proc, None
@@ -157,19 +168,42 @@ class _Process:
             os.killpg(pgid, signum)
 
 
-class RedisServer:
-    """redis-server on a free loopback port, no persistence: a restart starts empty."""
+def rediss_url(port: int, ca: Path) -> str:
+    """A Redis-over-TLS URL on loopback whose server must have a certificate ``ca`` signed;
+    kombu hands the ``ssl_*`` query parameters to redis-py's SSL connection."""
+    query = urllib.parse.urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": str(ca)})
+    return f"rediss://{LOOPBACK}:{port}/0?{query}"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+
+def amqps_transport_options(ca: Path) -> dict[str, Any]:
+    """kombu transport options for AMQP over TLS whose server must have a certificate ``ca``
+    signed, for 127.0.0.1: py-amqp takes them as its connection's own arguments, and its TLS
+    context (PROTOCOL_TLS_CLIENT) verifies the chain, and the name given, by default."""
+    return {"ssl": {"ca_certs": str(ca), "server_hostname": LOOPBACK}}
+
+
+class RedisServer:
+    """redis-server on a free loopback port, no persistence: a restart starts empty.
+
+    With ``tls`` it speaks TLS only (``--port 0``), with that server certificate, and does not
+    ask clients for certificates of their own.
+    """
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, tls: Certificates | None = None
+    ) -> None:
         self.binary = find_binary("redis-server")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.tls = tls
         self._process = _Process("redis-server", workdir / "redis.log")
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        if self.tls is None:
+            return f"redis://{LOOPBACK}:{self.port}/0"
+        return rediss_url(self.port, self.tls.ca)
 
     @property
     def running(self) -> bool:
@@ -179,18 +213,23 @@ class RedisServer:
         argv = [
             self.binary,
             "--bind", LOOPBACK,
-            "--port", str(self.port),
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.workdir),
             "--daemonize", "no",
         ]  # fmt: skip
-        self._process.spawn(argv)
-        try:
-            self._process.wait_port(self.port, timeout)
-        except ServiceError:
-            self._process.stop(kill=True)
-            raise
+        if self.tls is None:
+            argv += ["--port", str(self.port)]
+        else:
+            argv += [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        self._process.serve(argv, self.port, timeout)
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server; ``kill`` makes it a crash (SIGKILL) rather than a shutdown."""
@@ -212,13 +251,54 @@ class RedisServer:
         self.close()
 
 
+class RedisSentinel:
+    """redis-server in sentinel mode (``--sentinel``: the same binary, whether or not
+    redis-sentinel is installed) on a free loopback port, watching one master."""
+
+    MASTER_NAME = "e2e-master"
+
+    def __init__(self, workdir: Path, master: RedisServer) -> None:
+        self.binary = find_binary("redis-server")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.master = master
+        self.port = free_port()
+        self._process = _Process("redis-sentinel", workdir / "sentinel.log")
+
+    @property
+    def url(self) -> str:
+        """kombu's sentinel transport URL; the master's name goes in the transport options."""
+        return f"sentinel://{LOOPBACK}:{self.port}"
+
+    @property
+    def transport_options(self) -> dict[str, str]:
+        return {"master_name": self.MASTER_NAME}
+
+    def start(self, timeout: float = 10.0) -> None:
+        # Sentinel rewrites its configuration file as it learns (its id, the epoch), so each
+        # start gets a fresh one in the work directory.
+        config = self.workdir / "sentinel.conf"
+        config.write_text(
+            f"bind {LOOPBACK}\n"
+            f"port {self.port}\n"
+            f"dir {self.workdir}\n"
+            f"sentinel monitor {self.MASTER_NAME} {LOOPBACK} {self.master.port} 1\n"
+        )
+        self._process.serve([self.binary, str(config), "--sentinel"], self.port, timeout)
+
+    def close(self) -> None:
+        self._process.stop()
+        wait_ports_closed([self.port], 10)
+
+
 class RabbitMQServer:
     """rabbitmq-server (node rabbit@localhost) with the management plugin, run as root.
 
     Runs ``/usr/lib/rabbitmq/bin/rabbitmq-server`` directly (the ``/usr/sbin`` wrapper would
     switch to the rabbitmq user) with HOME, MNESIA and LOG directories of its own. Ports (AMQP,
     Erlang distribution, management, epmd) are picked free at construction and kept across
-    restarts.
+    restarts. With ``tls`` it also listens for AMQP over TLS (``tls_url``), with that server
+    certificate, and does not ask clients for certificates of their own.
     """
 
     NODENAME = "rabbit@localhost"
@@ -231,6 +311,7 @@ class RabbitMQServer:
         dist_port: int | None = None,
         management_port: int | None = None,
         epmd_port: int | None = None,
+        tls: Certificates | None = None,
     ) -> None:
         self.server_binary = find_binary("rabbitmq-server", RABBITMQ_BIN)
         self.epmd_binary = find_binary("epmd")
@@ -239,6 +320,8 @@ class RabbitMQServer:
         self.dist_port = dist_port or free_port()
         self.management_port = management_port or free_port()
         self.epmd_port = epmd_port or free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         for sub in ("home", "mnesia", "log"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
         self._server = _Process("rabbitmq-server", workdir / "server.log")
@@ -248,6 +331,23 @@ class RabbitMQServer:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{LOOPBACK}:{self.amqp_port}//"
+
+    @property
+    def tls_url(self) -> str:
+        assert self.tls_port is not None, "this server has no TLS listener"
+        return f"amqps://guest:guest@{LOOPBACK}:{self.tls_port}//"
+
+    @property
+    def tls_transport_options(self) -> dict[str, Any]:
+        """What a client of ``tls_url`` needs to trust the server."""
+        assert self.tls is not None, "this server has no TLS listener"
+        return amqps_transport_options(self.tls.ca)
+
+    @property
+    def ports(self) -> list[int]:
+        """Every port the node itself listens on (epmd's aside)."""
+        ports = [self.amqp_port, self.management_port, self.dist_port]
+        return ports if self.tls_port is None else [*ports, self.tls_port]
 
     @property
     def management_url(self) -> str:
@@ -287,13 +387,23 @@ class RabbitMQServer:
         }
 
     def _write_config(self) -> None:
-        (self.workdir / "rabbitmq.conf").write_text(
+        config = (
             f"listeners.tcp.default = {LOOPBACK}:{self.amqp_port}\n"
             f"management.tcp.ip = {LOOPBACK}\n"
             f"management.tcp.port = {self.management_port}\n"
             "loopback_users = none\n"
             "collect_statistics_interval = 1000\n"
         )
+        if self.tls is not None:
+            config += (
+                f"listeners.ssl.default = {LOOPBACK}:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {self.tls.ca}\n"
+                f"ssl_options.certfile = {self.tls.cert}\n"
+                f"ssl_options.keyfile = {self.tls.key}\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
+        (self.workdir / "rabbitmq.conf").write_text(config)
         # What `rabbitmq-plugins enable --offline rabbitmq_management` writes, without
         # spending a second and a half booting the CLI's Erlang VM to write it.
         (self.workdir / "enabled_plugins").write_text("[rabbitmq_management].\n")
@@ -313,6 +423,8 @@ class RabbitMQServer:
         try:
             self._server.wait_port(self.amqp_port, timeout)
             self._server.wait_port(self.management_port, 30)
+            if self.tls_port is not None:
+                self._server.wait_port(self.tls_port, 30)
         except ServiceError:
             self._server.stop(kill=True)
             raise
@@ -320,7 +432,7 @@ class RabbitMQServer:
     def stop(self, *, kill: bool = False) -> None:
         """Stop the node (graceful unless ``kill``); epmd stays for a restart."""
         self._server.stop(kill=kill, timeout=30)
-        wait_ports_closed([self.amqp_port, self.management_port, self.dist_port], 10)
+        wait_ports_closed(self.ports, 10)
 
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)
