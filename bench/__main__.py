@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import redis as redis_py
 
-from bench import burst, memory, rabbitmq, scrape
+from bench import burst, memory, rabbitmq, scrape, soak
 from bench.dispatch import cached_recording
 from bench.procs import RedisServer
 from bench.profile import Profile, PySpy
@@ -19,7 +19,10 @@ from bench.workload import WorkloadSpec
 
 REDIS_SCENARIOS = ("unbatched", "batched", "scrape", "memory")
 RABBITMQ_SCENARIOS = ("rabbitmq-unbatched", "rabbitmq-batched", "rabbitmq-bounded")
-SCENARIOS = REDIS_SCENARIOS + RABBITMQ_SCENARIOS
+DEFAULT_SCENARIOS = REDIS_SCENARIOS + RABBITMQ_SCENARIOS
+# Ten minutes long (one with --quick): only when asked for; also python -m bench.soak.
+OPT_IN_SCENARIOS = ("soak",)
+SCENARIOS = DEFAULT_SCENARIOS + OPT_IN_SCENARIOS
 BURST_EVENTS = 100_000
 QUICK_BURST_EVENTS = 20_000
 
@@ -28,7 +31,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller runs, for smoke tests")
     parser.add_argument(
-        "--only", action="append", choices=SCENARIOS, help="run only this scenario (repeatable)"
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable); soak runs only when named",
     )
     parser.add_argument(
         "--profile",
@@ -143,7 +149,7 @@ def _profile_json(profile: Profile) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    chosen = args.only or list(SCENARIOS)
+    chosen = args.only or list(DEFAULT_SCENARIOS)
     started = time.monotonic()
     load = load_average()
     on_redis = [name for name in chosen if name in REDIS_SCENARIOS]
@@ -168,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "memory" in chosen:
             print("running the memory scenario")
             sections.append(memory.run(redis, quick=args.quick, compatible=compatible))
+        if "soak" in chosen:
+            seconds = soak.QUICK_SECONDS if args.quick else soak.DEFAULT_SECONDS
+            print(f"running the soak scenario ({seconds:.0f} s)")
+            sections.append(soak.run(redis, duration=seconds, rate=soak.DEFAULT_RATE))
         if on_rabbitmq:
             found, profile = _rabbitmq(redis, on_rabbitmq, args.quick, args.profile)
             sections += found
