@@ -14,7 +14,7 @@ from typing import NamedTuple
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from exporter.metrics.family import OPENMETRICS, TEXT, compress, render
+from exporter.metrics.family import OPENMETRICS, TEXT, gzip_stream, render_chunks
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +149,22 @@ class HttpServer:
     async def close(self) -> None:
         await self._runner.cleanup()
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
         # OpenMetrics when the scraper asks for it (Prometheus does), else the text format.
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
-        body = render(self._registry.collect(), openmetrics=openmetrics)
-        headers = {"Content-Type": OPENMETRICS if openmetrics else TEXT}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            body = compress(body)
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+        response = web.StreamResponse(
+            headers={"Content-Type": OPENMETRICS if openmetrics else TEXT}
+        )
+        packer = gzip_stream() if "gzip" in request.headers.get("Accept-Encoding", "") else None
+        if packer is not None:
+            response.headers["Content-Encoding"] = "gzip"
+        await response.prepare(request)
+        for chunk in render_chunks(self._registry.collect(), openmetrics=openmetrics):
+            await response.write(packer.compress(chunk) if packer is not None else chunk)
+        if packer is not None:
+            await response.write(packer.flush())
+        await response.write_eof()
+        return response
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -402,12 +402,18 @@ def test_golden_file_covers_every_defined_metric() -> None:
 
 
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
-def test_fast_rendering_matches_client_python(openmetrics: bool) -> None:
+def test_fast_rendering_matches_client_python(
+    openmetrics: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The exporter's own renderer writes exactly what client_python's generate_latest writes
-    for the same families (text format and OpenMetrics), hostile label values included."""
+    for the same families (text format and OpenMetrics), hostile label values included, and
+    cutting the page into chunks (here every 7 lines) changes nothing."""
     from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 
+    from exporter.metrics import family
     from exporter.metrics.family import render
+
+    monkeypatch.setattr(family, "CHUNK_LINES", 7)
 
     e = fixed_state()
     e.task("received", "hostile", T0, name='a "quoted"\\name\nwith newline', host=W1)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
+from exporter.metrics.family import CHUNK_LINES, ScalarFamily, render, render_chunks
 from tests.certs import Certificates
 
 Check = Callable[[str], Awaitable[None]]
@@ -19,6 +22,7 @@ Check = Callable[[str], Awaitable[None]]
 def _serve(
     check: Callable[[HttpServer], Awaitable[None]],
     *,
+    registry: CollectorRegistry | None = None,
     ready: bool = True,
     auth: Authenticator | None = None,
     tls: ssl.SSLContext | None = None,
@@ -26,7 +30,7 @@ def _serve(
 ) -> None:
     async def main() -> None:
         server = HttpServer(
-            registry=CollectorRegistry(),
+            registry=registry or CollectorRegistry(),
             host="127.0.0.1",
             port=0,
             readiness=lambda: Readiness(ready, {"events_source": "x"}),
@@ -52,6 +56,40 @@ async def _status(
     ):
         await response.read()
         return response.status
+
+
+class _ManySeries(Collector):
+    """Several chunks' worth of series, so /metrics has to stream."""
+
+    def collect(self) -> Iterator[ScalarFamily]:
+        family = ScalarFamily("celery_test_total", "A test counter.", "counter", ["task"])
+        for number in range(CHUNK_LINES * 3):
+            family.add_metric([f"tasks.t{number}"], number)
+        yield family
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_metrics_streams_the_whole_page(gzip: bool) -> None:
+    """A page larger than a chunk arrives whole (chunked transfer), gzip-compressed on request,
+    identical to the exposition rendered at once."""
+    registry = CollectorRegistry()
+    registry.register(_ManySeries())
+    expected = render(registry.collect(), openmetrics=False)
+    assert len(list(render_chunks(registry.collect(), openmetrics=False))) > 3
+
+    async def check(server: HttpServer) -> None:
+        headers = {"Accept-Encoding": "gzip" if gzip else "identity"}
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.get(f"http://127.0.0.1:{server.port}/metrics", headers=headers) as response,
+        ):
+            body = await response.read()
+            assert response.status == 200
+            assert response.headers["Transfer-Encoding"] == "chunked"
+            assert response.headers.get("Content-Encoding") == ("gzip" if gzip else None)
+        assert (zlib.decompress(body, 16 + zlib.MAX_WBITS) if gzip else body) == expected
+
+    _serve(check, registry=registry)
 
 
 @pytest.mark.parametrize(("ready", "expected"), [(True, 200), (False, 503)])

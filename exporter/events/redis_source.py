@@ -12,7 +12,6 @@ envelopes shrink 8.6 times at level 1, at ~900 MB/s with the GIL released).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import queue
@@ -48,13 +47,6 @@ COMPRESS_ABOVE = 4 * 1024 * 1024
 # keep it busy; with CPython's 5 ms, bench bursts (220 MB/s) left up to 30 MB waiting in Redis,
 # which disconnects at 32 MB, against up to 20 MB with 1 ms.
 SWITCH_INTERVAL = 0.001
-# glibc serves allocations above its mmap threshold with mmap and unmaps them when freed, but by
-# default raises the threshold to the largest block freed so far: the reader's chunks then come
-# from the heap, where small long-lived allocations pin the freed space, and a burst stays
-# resident after it is parsed (unbatched bench burst, chunks kept raw: RSS 138 MiB after it,
-# against 74 with the threshold fixed, which setting it does).
-MMAP_THRESHOLD = 128 * 1024
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 # hiredis moves its unread bytes down after every reply it returns, so parsing costs time in
 # proportion to what was fed at once: per message, 0.4 µs fed 16 KiB at a time, 1.3 µs fed
 # 256 KiB, 17 µs fed 4 MiB.
@@ -69,16 +61,6 @@ SLOW_CONSUMER_WINDOW = 90.0
 STALL_FACTOR = 4
 # redis-py negotiates RESP3 when it can: pub/sub messages then arrive as push frames.
 _ARRAY_TYPES = (list, hiredis.PushNotification)
-
-
-def _tune_process() -> None:
-    """Process-wide settings the reader needs: the GIL back soon, and its memory back after."""
-    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not a glibc-compatible libc: its own policy applies
-        return
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 class SubscriberLost(ConnectionError):
@@ -232,7 +214,7 @@ class RedisSession(Session):
             redis_conn.send_command("PSUBSCRIBE", pattern)
             sock: socket.socket = redis_conn._sock
             sock.settimeout(POLL_SECONDS)
-            _tune_process()
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
             limit = settings.event_buffer_bytes
             reader = _SocketReader(
                 sock,

@@ -11,8 +11,8 @@ checks that both render the same bytes.
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
@@ -21,6 +21,9 @@ from prometheus_client.utils import floatToGoString
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _DIRECT_INT_LIMIT = 1_000_000  # below it an integer prints as "<n>.0", as Go's formatting does
+# Lines per chunk of a streamed exposition: ~100-300 KB, so a 30k-series page never exists whole
+# in memory (as a list of lines, a str and bytes it would cost several times its 4 MB).
+CHUNK_LINES = 2048
 
 
 def format_value(value: float) -> str:
@@ -63,7 +66,7 @@ class _Family(Metric):
             name = f"{self.name}_total" if self.type == "counter" else self.name
         return f"# HELP {name} {doc}\n# TYPE {name} {self.type}\n"
 
-    def lines(self) -> list[str]:
+    def lines(self) -> Iterator[str]:
         raise NotImplementedError
 
 
@@ -85,14 +88,14 @@ class ScalarFamily(_Family):
             for labels, value in self._rows
         ]
 
-    def lines(self) -> list[str]:
+    def lines(self) -> Iterator[str]:
         name = f"{self.name}_total" if self.type == "counter" else self.name
         if not self._labelnames:
-            return [f"{name} {format_value(value)}\n" for _, value in self._rows]
+            return (f"{name} {format_value(value)}\n" for _, value in self._rows)
         labelstr = self._labelstr
-        return [
+        return (
             f"{name}{{{labelstr(labels)}}} {format_value(value)}\n" for labels, value in self._rows
-        ]
+        )
 
 
 class HistogramFamily(_Family):
@@ -123,36 +126,44 @@ class HistogramFamily(_Family):
             samples.append(Sample(f"{self.name}_sum", base, float(total)))
         return samples
 
-    def lines(self) -> list[str]:
+    def lines(self) -> Iterator[str]:
         name, names, order, le_at = self.name, self._labelnames, self._order, self._le_at
-        out: list[str] = []
         for labels, buckets, total in self._rows:
             pairs = [f'{names[i]}="{_escape_value(labels[i])}"' for i in order]
             before = ",".join(pairs[:le_at]) + "," if le_at else ""
             after = "," + ",".join(pairs[le_at:]) if le_at < len(pairs) else ""
             plain = "{" + ",".join(pairs) + "}" if pairs else ""
             bucket = f"{name}_bucket{{{before}le="
-            out += [
+            yield from [
                 f'{bucket}"{bound}"{after}}} {format_value(count)}\n' for bound, count in buckets
             ]
-            out.append(f"{name}_count{plain} {format_value(buckets[-1][1])}\n")
-            out.append(f"{name}_sum{plain} {format_value(total)}\n")
-        return out
+            yield f"{name}_count{plain} {format_value(buckets[-1][1])}\n"
+            yield f"{name}_sum{plain} {format_value(total)}\n"
 
 
-def render(families: Iterable[Metric], *, openmetrics: bool) -> bytes:
-    """The exposition of ``families`` in the text format, or OpenMetrics."""
+def render_chunks(families: Iterable[Metric], *, openmetrics: bool) -> Iterator[bytes]:
+    """The exposition of ``families`` in the text format, or OpenMetrics, in pieces."""
     parts: list[str] = []
     for family in families:
         if not isinstance(family, _Family):
             raise TypeError(f"{family.name} is not a fast family (see metrics/defs.py)")
         parts.append(family.header(openmetrics=openmetrics))
-        parts += family.lines()
+        for line in family.lines():
+            parts.append(line)
+            if len(parts) >= CHUNK_LINES:
+                yield "".join(parts).encode()
+                parts.clear()
     if openmetrics:
         parts.append("# EOF\n")
-    return "".join(parts).encode()
+    if parts:
+        yield "".join(parts).encode()
 
 
-def compress(body: bytes) -> bytes:
-    """gzip at the fastest level: a scrape is latency-bound, the network is not."""
-    return gzip.compress(body, compresslevel=1)
+def render(families: Iterable[Metric], *, openmetrics: bool) -> bytes:
+    """The whole exposition at once (for tests and tools; /metrics streams it)."""
+    return b"".join(render_chunks(families, openmetrics=openmetrics))
+
+
+def gzip_stream() -> zlib._Compress:
+    """A gzip stream at the fastest level: a scrape is latency-bound, the network is not."""
+    return zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
