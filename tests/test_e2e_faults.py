@@ -23,6 +23,7 @@ RECOVERY_SECONDS = 20.0
 # A restarted broker is back within this long of the exporter's counting resuming (the issue's
 # bound), plus the first reconnect's backoff of the test exporters (capped at 1 s).
 RESUME_SECONDS = 5.0
+STALL_SECONDS = 2.5
 
 
 def started_events(port: int) -> float:
@@ -66,6 +67,7 @@ def test_slow_redis_subscriber_is_detected_counted_and_reconnected(
     client.config_set("client-output-buffer-limit", "pubsub 262144 131072 1")
     exporter = exporter_factory(server.url, "--event-buffer-bytes", str(1024 * 1024))
     with stalled(exporter):
+        stalled_at = time.monotonic()
         publish(server.url, 5000, prefix="burst", padding="x" * 600)
         # The limit bites once the unread output passes it: wait until Redis dropped us.
         wait_until(
@@ -73,6 +75,9 @@ def test_slow_redis_subscriber_is_detected_counted_and_reconnected(
             RECOVERY_SECONDS,
             "Redis never disconnected the stalled subscriber",
         )
+        # A stall is told from a plain close by the reader's missed turns (2 s); with this
+        # tiny limit Redis can cut us off sooner than that, so the stall lasts long enough.
+        time.sleep(max(0.0, STALL_SECONDS - (time.monotonic() - stalled_at)))
     wait_until(
         lambda: value(scrape(exporter.port), "celery_exporter_source_reconnects_total") == 1,
         RECOVERY_SECONDS,
