@@ -14,6 +14,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -474,6 +475,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"broker_url {shown} is not supported; use one of "
                 + ", ".join(sorted(SUPPORTED_SCHEMES))
+            )
+        if scheme in AMQP_SCHEMES and "ssl_" in urlsplit(self.resolved_broker_url()).query:
+            # kombu hands them to py-amqp as socket-wrapping arguments, which it rejects on
+            # every connection attempt: a broker that never connects, far from the cause.
+            raise ValueError(
+                "broker_url: ssl_* URL parameters are for Redis; for amqps give TLS options "
+                'as broker_transport_options {"ssl": {"ca_certs": ..., ...}}'
             )
         self._check_rabbitmq_management(scheme)
         beat_scheme = url_scheme(self.resolved_beat_redis_url())

@@ -211,6 +211,12 @@ def test_celery_broker_url_beats_the_config_file(
             "invalid settings: broker_url scheme 'ftp' is not supported; use one of amqp, "
             "amqps, pyamqp, redis, rediss, sentinel",
         ),
+        (
+            ["--broker-url", "amqps://rabbit:5671//?ssl_ca_certs=/ca.pem"],
+            {},
+            "invalid settings: broker_url: ssl_* URL parameters are for Redis; for amqps give "
+            'TLS options as broker_transport_options {"ssl": {"ca_certs": ..., ...}}',
+        ),
     ],
 )
 def test_bad_values_name_flag_and_variable(
