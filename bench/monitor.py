@@ -12,6 +12,8 @@ batch. When the last event applied is not the recording's last one, or the count
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -90,17 +92,30 @@ class Burst(NamedTuple):
 
 
 def publish_until_idle(
-    exporter: ExporterProcess, publisher: BurstPublisher, chunks: Sequence[Chunk]
+    exporter: ExporterProcess,
+    publisher: BurstPublisher,
+    chunks: Sequence[Chunk],
+    *,
+    stalled: bool = False,
 ) -> Burst:
-    """Publish ``chunks`` at full speed, then wait until the exporter has nothing left to do."""
+    """Publish ``chunks`` at full speed, then wait until the exporter has nothing left to do.
+
+    ``stalled``: the exporter is stopped (SIGSTOP) while publishing, as a long pause would, so
+    the broker has to hold (and bound) the whole burst.
+    """
     cpu_before = exporter.stats().cpu_seconds
     outcome: list[BurstResult | BaseException] = []
 
     def publish() -> None:
+        if stalled:
+            os.kill(exporter.pid, signal.SIGSTOP)
         try:
             outcome.append(publisher.burst(chunks))
         except BaseException as err:  # noqa: BLE001 - re-raised below
             outcome.append(err)
+        finally:
+            if stalled:
+                os.kill(exporter.pid, signal.SIGCONT)
 
     thread = threading.Thread(target=publish, name="publish")
     thread.start()
