@@ -9,6 +9,7 @@ that need it, with the apt-get line to fix it.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -50,6 +51,14 @@ def _start(make: Callable[[], S]) -> S:
         server.close()
         pytest.fail(str(err), pytrace=False)
     return server
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read CELERY_* variables: none may leak in from the caller's environment."""
+    for name in list(os.environ):
+        if name.startswith("CELERY_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

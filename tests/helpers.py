@@ -228,3 +228,13 @@ def publish_successes(
             dispatcher.send("task-received", uuid=uuid, name=task, retries=0)
             dispatcher.send("task-started", uuid=uuid)
             dispatcher.send("task-succeeded", uuid=uuid, runtime=0.001)
+
+
+class Clock:
+    """The exporter's clock, moved by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -11,7 +11,7 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from exporter.state.queues import QueueReading, QueueState
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
+from tests.helpers import Clock
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 PROMTOOL_HINT = "promtool not found: apt-get install prometheus"
@@ -46,21 +47,7 @@ W2 = "celery@worker-2"
 PRODUCER = "gen4242@web-1"
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Settings read CELERY_* variables: none may leak in from the caller's environment."""
-    for name in list(os.environ):
-        if name.startswith("CELERY_"):
-            monkeypatch.delenv(name)
-    yield
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 class Exporter:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +15,7 @@ from exporter.config import LogFormat, LogLevel, WorkerLabel
 SECRET = "hunter2"
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No CELERY_* variable of the caller's environment may reach the settings."""
-    for name in list(os.environ):
-        if name.startswith("CELERY_"):
-            monkeypatch.delenv(name)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def write(path: Path, text: str) -> Path:

@@ -4,7 +4,6 @@ API's reply, credentials and URL, how a RabbitMQ reading is assembled, and the s
 from __future__ import annotations
 
 import http.server
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -36,13 +35,7 @@ KOMBU_SEP = "\x06\x16"
 SECRET = "s3cret-pw"
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No CELERY_* variable of the caller's environment may reach the settings."""
-    for name in list(os.environ):
-        if name.startswith("CELERY_"):
-            monkeypatch.delenv(name)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 # --- Redis: kombu's layout ---

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +14,7 @@ from exporter.state.labels import WorkerFilter, exception_class
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import HistogramSnapshot, RunningTask, TaskSnapshot, TaskState
 from exporter.state.workers import WorkerState
+from tests.helpers import Clock
 
 W1 = "celery@worker-1"
 W2 = "celery@worker-2"
@@ -26,23 +25,7 @@ WAIT_BUCKETS = "1,10,60"
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Settings read CELERY_* variables: none may leak in from the caller's environment."""
-    for name in list(os.environ):
-        if name.startswith("CELERY_"):
-            monkeypatch.delenv(name)
-    yield
-
-
-class Clock:
-    """The exporter's clock, moved by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 class Harness:
@@ -55,7 +38,7 @@ class Harness:
         }
         values.update(overrides)
         settings = Settings(**values)
-        self.clock = Clock()
+        self.clock = Clock(T0)
         self.resolver = QueueResolver()
         worker_filter = WorkerFilter(settings.worker_pattern())
         self.tasks = TaskState.from_settings(
