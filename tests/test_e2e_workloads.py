@@ -1,21 +1,31 @@
-"""End-to-end on a real rabbitmq-server: real workers, the real exporter process, exact counts."""
+"""End-to-end on both brokers: real workers, the real exporter process, exact counts."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.scenarios import run_mixed_workload, run_without_sent_events
-from tests.services import ExporterFactory, ProducerFactory, RabbitMQServer, WorkerFactory
-
-pytestmark = pytest.mark.rabbitmq
+from tests.services import ExporterFactory, ProducerFactory, WorkerFactory
 
 POOLS = ["prefork", "solo"]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis_server", marks=pytest.mark.redis, id="redis"),
+        pytest.param("rabbitmq_server", marks=pytest.mark.rabbitmq, id="rabbitmq"),
+    ]
+)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The URL of each real broker in turn (started by its session fixture)."""
+    url: str = request.getfixturevalue(request.param).url
+    return url
 
 
 @pytest.mark.parametrize("pool", POOLS)
 def test_mixed_workload_counts_are_exact(
     pool: str,
-    rabbitmq_server: RabbitMQServer,
+    broker_url: str,
     exporter_factory: ExporterFactory,
     worker_factory: WorkerFactory,
     producer_factory: ProducerFactory,
@@ -26,7 +36,7 @@ def test_mixed_workload_counts_are_exact(
     duration and queue-wait observations); the worker is up while it runs and down after its
     worker-offline; the source is up and no event is dropped."""
     run_mixed_workload(
-        broker_url=rabbitmq_server.url,
+        broker_url=broker_url,
         exporter_factory=exporter_factory,
         worker_factory=worker_factory,
         producer_factory=producer_factory,
@@ -37,7 +47,7 @@ def test_mixed_workload_counts_are_exact(
 @pytest.mark.parametrize("pool", POOLS)
 def test_queue_label_without_sent_events(
     pool: str,
-    rabbitmq_server: RabbitMQServer,
+    broker_url: str,
     exporter_factory: ExporterFactory,
     worker_factory: WorkerFactory,
     producer_factory: ProducerFactory,
@@ -46,7 +56,7 @@ def test_queue_label_without_sent_events(
     task series is labelled queue=e2e_c (learned by inspecting the worker), with exact counts,
     and celery_task_sent_total has no series."""
     run_without_sent_events(
-        broker_url=rabbitmq_server.url,
+        broker_url=broker_url,
         exporter_factory=exporter_factory,
         worker_factory=worker_factory,
         producer_factory=producer_factory,
