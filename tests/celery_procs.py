@@ -16,7 +16,7 @@ from pathlib import Path
 from celery.utils.nodenames import host_format
 
 from tests import sample_app
-from tests.services import _child_env, _Process, log_tail
+from tests.services import _child_env, _Process, log_tail, worker_args
 
 
 class CeleryProcess:
@@ -97,19 +97,7 @@ class CeleryProcesses:
     ) -> CeleryWorkerProcess:
         """Start ``celery -A app worker -E`` with a 1 s heartbeat, no gossip, no mingle."""
         unique = f"{name}-{uuid.uuid4().hex[:8]}"
-        argv = [
-            "-A", app, "worker",
-            "-E",
-            "-n", f"{unique}@%h",
-            "-Q", ",".join(queues),
-            "-P", pool,
-            "-c", str(concurrency),
-            "--heartbeat-interval", "1",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel", "INFO",
-            *extra,
-        ]  # fmt: skip
+        argv = [*worker_args(app, f"{unique}@%h", queues, pool, concurrency), *extra]
         worker = CeleryWorkerProcess(self.workdir, unique, argv, env or self.env())
         self._started.append(worker)
         worker.start()

@@ -104,6 +104,16 @@ class _Process:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the process for the duration, SIGCONT after."""
+        assert self.proc is not None, f"{self.name} is not running"
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         assert self.proc is None, f"{self.name} is already running"
         self._log = self.log_path.open("ab")
@@ -357,16 +367,9 @@ class RabbitMQServer:
     def running(self) -> bool:
         return self._server.running
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
+    def paused(self) -> contextlib.AbstractContextManager[None]:
         """SIGSTOP the node (beam.smp): connections stay open but nothing answers."""
-        proc = self._server.proc
-        assert proc is not None
-        os.kill(proc.pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
+        return self._server.paused()
 
     def env(self) -> dict[str, str]:
         """The environment the server and its CLI tools (rabbitmqctl) must share."""
@@ -484,6 +487,11 @@ class ExporterProcess:
         self._process.spawn(self.argv, env=_child_env())
         self._process.wait_port(self.port, 15)
 
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """SIGSTOP the exporter for the duration, as a long GC pause or CPU starvation would:
+        it reads nothing while the broker keeps sending."""
+        return self._process.paused()
+
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
@@ -498,6 +506,25 @@ class ExporterProcess:
 
     def close(self) -> None:
         self._process.stop(kill=False, timeout=5)
+
+
+def worker_args(
+    app: str, nodename: str, queues: Sequence[str], pool: str, concurrency: int
+) -> list[str]:
+    """``celery`` arguments for a worker sending events, with a 1 s heartbeat, no gossip and
+    no mingle (both slow a start by seconds and add nothing here)."""
+    return [
+        "-A", app, "worker",
+        "-E",
+        "-n", nodename,
+        "-Q", ",".join(queues),
+        "-P", pool,
+        "-c", str(concurrency),
+        "--heartbeat-interval", "1",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel", "INFO",
+    ]  # fmt: skip
 
 
 class CeleryWorker:
@@ -525,16 +552,8 @@ class CeleryWorker:
             sample_app.SEND_SENT_EVENT_ENV: "1" if send_sent_event else "0",
         }
         self.argv = [
-            sys.executable, "-m", "celery", "-A", "tests.sample_app", "worker",
-            "-E",
-            "-n", f"{name}@%h",
-            "-Q", ",".join(queues),
-            "-P", pool,
-            "-c", str(concurrency),
-            "--heartbeat-interval", "1",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel", "INFO",
+            sys.executable, "-m", "celery",
+            *worker_args("tests.sample_app", f"{name}@%h", queues, pool, concurrency),
         ]  # fmt: skip
         self.log_path = workdir / f"worker-{name}.log"
         self._process = _Process(f"worker {name}", self.log_path)

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis
@@ -46,16 +42,6 @@ def wait_readyz(exporter: ExporterProcess, status: int) -> None:
     )
 
 
-@contextmanager
-def stalled(exporter: ExporterProcess) -> Iterator[None]:
-    """SIGSTOP the exporter for the duration, as a long GC pause or CPU starvation would."""
-    os.kill(exporter.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(exporter.proc.pid, signal.SIGCONT)
-
-
 def test_slow_redis_subscriber_is_detected_counted_and_reconnected(
     redis_factory: RedisFactory, exporter_factory: ExporterFactory
 ) -> None:
@@ -66,7 +52,7 @@ def test_slow_redis_subscriber_is_detected_counted_and_reconnected(
     client = redis.Redis.from_url(server.url)
     client.config_set("client-output-buffer-limit", "pubsub 262144 131072 1")
     exporter = exporter_factory(server.url, "--event-buffer-bytes", str(1024 * 1024))
-    with stalled(exporter):
+    with exporter.paused():
         stalled_at = time.monotonic()
         publish(server.url, 5000, prefix="burst", padding="x" * 600)
         # The limit bites once the unread output passes it: wait until Redis dropped us.

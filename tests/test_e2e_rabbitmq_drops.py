@@ -3,17 +3,12 @@ or TTL) are dead-lettered and counted, so counted plus dropped equals what was p
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 from celery.events import EventDispatcher
 from kombu import Connection
 
 from tests.helpers import http_get, scrape, total, value, wait_until
-from tests.services import ExporterFactory, ExporterProcess, RabbitMQServer
+from tests.services import ExporterFactory, RabbitMQServer
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -22,16 +17,6 @@ pytestmark = pytest.mark.rabbitmq
 EVENTS = 30_000
 # Makes each event about as large as a task-received with its argsrepr (bytes fill buffers).
 PADDING = "x" * 600
-
-
-@contextmanager
-def stalled(exporter: ExporterProcess) -> Iterator[None]:
-    """SIGSTOP the exporter for the duration: it reads nothing, the broker queues and drops."""
-    os.kill(exporter.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(exporter.proc.pid, signal.SIGCONT)
 
 
 def publish(url: str, *, batched: bool) -> None:
@@ -67,7 +52,7 @@ def test_counted_plus_dropped_equals_published(
     exporter = exporter_factory(
         rabbitmq_server.url, *args, "--no-collector-queues", "--inspect-interval-seconds", "0"
     )
-    with stalled(exporter):
+    with exporter.paused():
         publish(rabbitmq_server.url, batched=batched)
 
     def settled() -> bool:

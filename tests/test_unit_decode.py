@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from exporter.config import Settings
-from exporter.events.decode import decode_body, decode_redis_message, parse_event
+from exporter.events.decode import JSON, MSGPACK, decode_body, decode_redis_message, parse_event
 from exporter.events.model import (
     Decoded,
     Dropped,
@@ -31,8 +31,6 @@ from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
 
-JSON = "application/json"
-MSGPACK = "application/x-msgpack"
 PICKLE = "application/x-python-serialize"
 LIMIT = 1 << 20
 
