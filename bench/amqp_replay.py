@@ -28,7 +28,7 @@ import amqp
 import orjson
 from amqp import method_framing, serialization, spec
 
-from bench.publish import BurstResult, Chunk
+from bench.publish import BurstResult, Chunk, chunked
 from bench.recording import Message
 
 EXCHANGE = "celeryev"
@@ -113,16 +113,7 @@ def pack(
     size: int = CHUNK_MESSAGES,
 ) -> Iterator[Chunk]:
     """The frames of ``messages`` in chunks of ``size`` messages, with the events they carry."""
-    parts: list[bytes] = []
-    events = 0
-    for message, count in zip(messages, events_per_message, strict=True):
-        parts.append(framer.frames(message))
-        events += count
-        if len(parts) == size:
-            yield Chunk(b"".join(parts), len(parts), events)
-            parts, events = [], 0
-    if parts:
-        yield Chunk(b"".join(parts), len(parts), events)
+    return chunked(map(framer.frames, messages), events_per_message, size)
 
 
 class _Confirms:

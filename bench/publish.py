@@ -40,20 +40,28 @@ class BurstResult(NamedTuple):
         return self.finished - self.started
 
 
-def pack(
-    messages: Iterable[Message], events_per_message: Iterable[int], size: int = PIPELINE
+def chunked(
+    commands: Iterable[bytes], events_per_message: Iterable[int], size: int
 ) -> Iterator[Chunk]:
-    """PUBLISH commands in chunks of ``size``, with how many events each chunk carries."""
+    """Encoded messages joined ``size`` at a time, with how many events each chunk carries."""
     parts: list[bytes] = []
     events = 0
-    for (channel, payload), count in zip(messages, events_per_message, strict=True):
-        parts.append(resp_command(b"PUBLISH", channel, payload))
+    for command, count in zip(commands, events_per_message, strict=True):
+        parts.append(command)
         events += count
         if len(parts) == size:
             yield Chunk(b"".join(parts), len(parts), events)
             parts, events = [], 0
     if parts:
         yield Chunk(b"".join(parts), len(parts), events)
+
+
+def pack(
+    messages: Iterable[Message], events_per_message: Iterable[int], size: int = PIPELINE
+) -> Iterator[Chunk]:
+    """PUBLISH commands in chunks of ``size``, with how many events each chunk carries."""
+    commands = (resp_command(b"PUBLISH", channel, payload) for channel, payload in messages)
+    return chunked(commands, events_per_message, size)
 
 
 class Publisher:
