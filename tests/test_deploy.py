@@ -310,7 +310,7 @@ def test_every_container_has_requests_and_limits(rendered: dict[str, list[Doc]])
                     assert set(resources[bound]) == {"cpu", "memory"}, where
     for exporter in exporters(rendered):
         assert exporter.container["resources"] == {
-            "requests": {"cpu": "50m", "memory": "96Mi"},
+            "requests": {"cpu": "50m", "memory": "128Mi"},
             "limits": {"cpu": "500m", "memory": "256Mi"},
         }, exporter.name
 
