@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import signal
 import time
 from collections.abc import Callable
 
+from exporter import heap
 from exporter.brokers.amqp_queues import AmqpQueueProbe
 from exporter.brokers.rabbitmq_management import management_client
 from exporter.brokers.redis_beat import RedisBeatProbe
@@ -31,13 +31,6 @@ from exporter.state.workers import WorkerState
 
 log = logging.getLogger(__name__)
 
-# glibc serves allocations above its mmap threshold with mmap and unmaps them when freed, but by
-# default raises the threshold to the largest block freed so far: socket reads then come from
-# the heap, where small long-lived allocations pin the freed space, and a burst stays resident
-# after it is parsed (Redis unbatched bench burst, chunks kept raw: RSS 138 MiB after it,
-# against 74 with the threshold fixed).
-MMAP_THRESHOLD = 128 * 1024
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 SWEEP_SECONDS = 1.0
 SHUTDOWN_SECONDS = 1.5
 DROPS_SHOWN_SECONDS = 300.0
@@ -271,18 +264,9 @@ class Daemon:
                 log.exception("state upkeep failed")
 
 
-def _return_freed_memory() -> None:
-    """Fix glibc's mmap threshold, so large freed blocks go back to the system."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not a glibc-compatible libc: its own policy applies
-        return
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
 async def serve(settings: Settings) -> None:
     """Run a daemon until SIGTERM or SIGINT."""
-    _return_freed_memory()
+    heap.configure()
     daemon = Daemon(settings)
     # Everything imported and built so far lives as long as the process: out of the cyclic
     # collector's way, its full collections no longer stall a scrape for tens of milliseconds.

@@ -3,7 +3,6 @@ and every event that waited in it is still counted exactly."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,11 +24,6 @@ from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
 from tests.helpers import wait_until
 from tests.services import RedisServer
-
-if sys.version_info >= (3, 14):
-    from compression import zstd
-else:
-    from backports import zstd
 
 EVENTS = 3000
 LARGE_EVERY = 500  # every so often an event larger than a parser slice (FEED_BYTES)
@@ -126,11 +120,53 @@ def test_backlog_is_kept_compressed_and_counted_exactly(
     client.close()
 
 
+def test_reader_compresses_while_the_packer_is_behind(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the packer stuck on a chunk, the reader compresses what it reads once the raw
+    bytes waiting for the packer pass the threshold, and the consumer waits for the packer:
+    the backlog holds a fraction of the bytes sent. Once the packer runs again every event is
+    counted exactly."""
+    monkeypatch.setattr(redis_source, "COMPRESS_ABOVE", 64 * 1024)
+    monkeypatch.setattr(redis_source, "READ_SIZE", 64 * 1024)
+    packer_free = threading.Event()
+    pack = redis_source._Packed.of
+
+    def held_in_packer(data: bytes, compressor: Any) -> redis_source._Packed:
+        if threading.current_thread().name == "events-redis-packer":
+            packer_free.wait(30)
+        return pack(data, compressor)
+
+    monkeypatch.setattr(redis_source._Packed, "of", staticmethod(held_in_packer))
+    recorded = _recorded(redis_server.url)
+    sent = sum(len(message) for _, message in recorded)
+    client = redis.Redis.from_url(redis_server.url)
+    with _subscribed(redis_server.url) as (source, pipeline):
+        burst = client.pipeline(transaction=False)
+        for channel, message in recorded:
+            burst.publish(channel, message)
+        burst.execute()
+        held = _settled(lambda: source.status.buffered_bytes, 20)
+        counted_meanwhile = pipeline.stats().events.get("task-started", 0)
+        assert 0 < held < sent / 3, f"{held} bytes held for {sent} bytes sent"
+        assert counted_meanwhile < EVENTS
+        packer_free.set()
+        wait_until(
+            lambda: pipeline.stats().events.get("task-started", 0) == EVENTS,
+            20,
+            lambda: f"counted {pipeline.stats().events}",
+        )
+        assert pipeline.stats().dropped == {}
+        wait_until(lambda: source.status.buffered_bytes == 0, 5, "the backlog never drained")
+    client.close()
+
+
 def test_compressed_chunk_comes_back_a_batch_at_a_time() -> None:
     """A compressed chunk is decompressed in pieces of at most a batch, which together are
     the chunk."""
     data = bytes(range(256)) * (3 * redis_source.BATCH_BYTES // 256 + 7)
-    packed = redis_source._Packed(zstd.compress(data, level=1))
+    packed = redis_source._Packed.of(data, redis_source._compressor())
+    assert packed.size == sum(map(len, packed.frames)) < len(data) / 8
     pieces = list(redis_source._unpacked(packed))
     assert len(pieces) > 1
     assert all(len(piece) <= redis_source.BATCH_BYTES for piece in pieces)

@@ -7,7 +7,8 @@ unread output passes ``client-output-buffer-limit pubsub`` (32 MB by default), s
 nothing but move bytes from the socket into a bounded buffer while this one parses them with
 hiredis and decodes them in bulk. A burst then waits in our buffer instead of Redis's, and
 while more than a few MiB wait there a third thread keeps them zstd-compressed (Celery's base64
-envelopes shrink 8.6 times at level 1, at ~900 MB/s with the GIL released).
+envelopes shrink 8 times at level 1, at ~1 GB/s with the GIL released). Compression comes first:
+when raw bytes queue up for it, the reader compresses too and the consumer steps aside.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, NamedTuple
 
 import hiredis
 
+from exporter import heap
 from exporter.events.source import Session
 from exporter.events.status import SourceStatus
 from exporter.logs import redact_url
@@ -36,9 +38,10 @@ else:
 
 log = logging.getLogger(__name__)
 
-# recv() returns what the kernel holds, up to this: a few MiB per turn during a burst, so the
-# reader keeps up with fewer turns (each one waits for the GIL).
-READ_SIZE = 4 * 1024 * 1024
+# recv() returns what the kernel holds, up to this: a couple of MiB per turn during a burst, so
+# the reader keeps up with fewer turns (each one waits for the GIL), and a chunk it compresses
+# itself is done in about 2 ms.
+READ_SIZE = 2 * 1024 * 1024
 # Backlog past which chunks are kept compressed until parsed; below it they pass as they are,
 # so a consumer that keeps up never pays for compression.
 COMPRESS_ABOVE = 4 * 1024 * 1024
@@ -77,33 +80,53 @@ def subscription_pattern(channel: Any, exchange: str) -> str:
 
 
 class _Packed(NamedTuple):
-    """A chunk kept as one zstd frame."""
+    """A chunk kept as zstd frames of up to BATCH_BYTES each."""
 
-    data: bytes
+    frames: tuple[bytes, ...]
+    size: int  # bytes held
+
+    @classmethod
+    def of(cls, data: bytes, compressor: zstd.ZstdCompressor) -> _Packed:
+        view = memoryview(data)
+        frames = tuple(
+            compressor.compress(view[start : start + BATCH_BYTES], zstd.ZstdCompressor.FLUSH_FRAME)
+            for start in range(0, len(data), BATCH_BYTES)
+        )
+        return cls(frames, sum(map(len, frames)))
+
+
+def _compressor() -> zstd.ZstdCompressor:
+    # Small frames with a 256 KiB window: a context of about 1 MiB (3.3 with the defaults on
+    # whole chunks) and frames that decompress in one call, at a ratio of 8.1 instead of 8.7.
+    return zstd.ZstdCompressor(
+        options={
+            zstd.CompressionParameter.compression_level: 1,
+            zstd.CompressionParameter.window_log: 18,
+        }
+    )
 
 
 def _unpacked(chunk: bytes | _Packed) -> Iterator[bytes]:
-    """A chunk's bytes, decompressed a batch at a time (a chunk holds up to READ_SIZE)."""
-    if not isinstance(chunk, _Packed):
+    """A chunk's bytes, a batch at a time."""
+    if isinstance(chunk, _Packed):
+        for frame in chunk.frames:
+            yield zstd.decompress(frame)
+    else:
         yield chunk
-        return
-    decompressor = zstd.ZstdDecompressor()
-    piece = decompressor.decompress(chunk.data, BATCH_BYTES)
-    while True:
-        yield piece
-        if decompressor.eof:
-            return
-        piece = decompressor.decompress(b"", BATCH_BYTES)
 
 
 class _SocketReader(threading.Thread):
     """Moves bytes from the socket into ``chunks`` until EOF, error or stop; bounded.
 
     A second thread, the packer, passes them on and compresses those that arrive while more
-    than ``compress_above`` bytes wait (``_Packed``). Compressing in the reader made each of its
-    turns wait twice for the GIL and once for a core; on a busy machine Redis then reached its
-    pub/sub limit in about half the bench bursts. Reading never waits for compression this way:
-    short of CPU, the backlog stays raw for longer instead of growing in Redis.
+    than ``compress_above`` bytes wait (``_Packed``). Compressing every chunk in the reader made
+    each of its turns wait twice for the GIL and once for a core; on a busy machine Redis then
+    reached its pub/sub limit in about half the bench bursts. So the reader compresses only what
+    it reads while the packer is more than ``compress_above`` behind, and until the packer is
+    back under half of that the consumer yields the CPU. Parsing frees memory at ~80 MB/s,
+    compressing frees it 8 times over at ~1 GB/s: on a machine busy with Redis itself the
+    consumer otherwise took most of the CPU the process got, and the bench's unbatched burst
+    waited raw, 36 MiB over idle at its peak (19 now, most of it compressed).
     """
 
     def __init__(
@@ -121,14 +144,18 @@ class _SocketReader(threading.Thread):
         self._compress_above = compress_above
         self._stop_event = stop
         self._status = status
-        self._read: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
+        self._read: queue.SimpleQueue[bytes | _Packed | BaseException] = queue.SimpleQueue()
         self.chunks: queue.SimpleQueue[bytes | _Packed | BaseException] = queue.SimpleQueue()
         self._packer = threading.Thread(target=self._pack, name="events-redis-packer")
         # The backlog held in memory is read - saved by compression - taken; each counter is
         # written by one thread only.
         self.read_bytes = 0
-        self.saved_bytes = 0
+        self.queued_raw = 0  # read bytes queued for the packer as they are
+        self.reader_saved = 0
+        self.passed_raw = 0  # ... and those of them it has passed on (packer)
+        self.packer_saved = 0
         self.taken_bytes = 0  # written by the consuming thread
+        self.raw_limit = compress_above
         self._paused_at = -math.inf
 
     def start(self) -> None:
@@ -141,7 +168,11 @@ class _SocketReader(threading.Thread):
 
     def backlog(self) -> int:
         """Bytes read off the socket and not yet taken, as held (compressed or not)."""
-        return self.read_bytes - self.saved_bytes - self.taken_bytes
+        return self.read_bytes - self.reader_saved - self.packer_saved - self.taken_bytes
+
+    def raw_waiting(self) -> int:
+        """Bytes queued for the packer uncompressed, not passed on yet."""
+        return self.queued_raw - self.passed_raw
 
     def paused_recently(self) -> bool:
         """Whether the reader fell behind within the last minutes: it stopped reading for
@@ -150,6 +181,7 @@ class _SocketReader(threading.Thread):
 
     def run(self) -> None:
         sock, read, stop = self._sock, self._read, self._stop_event
+        compressor = _compressor()
         last_turn = time.monotonic()
         try:
             while not stop.is_set():
@@ -175,13 +207,19 @@ class _SocketReader(threading.Thread):
                     read.put(SubscriberLost("connection closed by the server"))
                     return
                 self.read_bytes += len(data)
-                read.put(data)
+                if self.raw_waiting() > self.raw_limit:
+                    packed = _Packed.of(data, compressor)
+                    self.reader_saved += len(data) - packed.size
+                    read.put(packed)
+                else:
+                    self.queued_raw += len(data)
+                    read.put(data)
         except OSError as err:
             read.put(err)
 
     def _pack(self) -> None:
         read, chunks, stop = self._read, self.chunks, self._stop_event
-        compressor = zstd.ZstdCompressor(level=1)
+        compressor = _compressor()
         while not stop.is_set():
             try:
                 chunk = read.get(timeout=POLL_SECONDS)
@@ -190,12 +228,16 @@ class _SocketReader(threading.Thread):
             if isinstance(chunk, BaseException):
                 chunks.put(chunk)
                 return
+            if isinstance(chunk, _Packed):
+                chunks.put(chunk)
+                continue
             if self.backlog() > self._compress_above:
-                packed = compressor.compress(chunk, zstd.ZstdCompressor.FLUSH_FRAME)
-                self.saved_bytes += len(chunk) - len(packed)
-                chunks.put(_Packed(packed))
+                packed = _Packed.of(chunk, compressor)
+                self.packer_saved += len(chunk) - packed.size
+                chunks.put(packed)
             else:
                 chunks.put(chunk)
+            self.passed_raw += len(chunk)
 
 
 class RedisSession(Session):
@@ -245,8 +287,14 @@ class RedisSession(Session):
                 continue
             while not isinstance(chunk, BaseException):
                 for data in _unpacked(chunk):
+                    while reader.raw_waiting() > reader.raw_limit // 2 and not stop.is_set():
+                        time.sleep(0.001)  # the packer first (see _SocketReader)
                     framer.take(data)
-                reader.taken_bytes += len(chunk.data if isinstance(chunk, _Packed) else chunk)
+                if isinstance(chunk, _Packed):
+                    reader.taken_bytes += chunk.size
+                    heap.trim()  # what decoding the chunk freed, before the next one
+                else:
+                    reader.taken_bytes += len(chunk)
                 try:
                     chunk = reader.chunks.get_nowait()
                 except queue.Empty:
