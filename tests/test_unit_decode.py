@@ -18,6 +18,7 @@ import pytest
 from exporter.config import Settings
 from exporter.events.decode import JSON, MSGPACK, decode_body, decode_redis_message, parse_event
 from exporter.events.model import (
+    TASK_TYPES,
     Decoded,
     Dropped,
     DropReason,
@@ -241,6 +242,15 @@ def test_decode_body_json_single_event(content_type: str | None) -> None:
     """An AMQP JSON body (content type JSON, or none given) decodes to its event."""
     body = json.dumps(task_fields("task-started")).encode()
     assert decode_body(body, content_type, LIMIT) == [TaskEvent("task-started", UUID, HOST, TS)]
+
+
+def test_event_types_are_the_models_own_strings() -> None:
+    """Decoded events carry the model's type strings, not copies from the body: task state
+    keeps a task's last event type for every task id it remembers."""
+    body = json.dumps([task_fields(kind) for kind in sorted(TASK_TYPES)]).encode()
+    kinds = {event.type: event.type for event in decode_body(body, JSON, LIMIT)}
+    assert kinds.keys() == TASK_TYPES
+    assert all(kind is next(known for known in TASK_TYPES if known == kind) for kind in kinds)
 
 
 def test_decode_body_json_list() -> None:

@@ -135,6 +135,9 @@ def _exception(obj: dict[str, Any]) -> str | None:
     return text
 
 
+_TYPE_NAMES = {name: name for name in KNOWN_TYPES}
+
+
 def parse_event(obj: Any) -> Decoded:
     """Validate one event dict and build its typed form; wrong optional fields become None."""
     if type(obj) is not dict:
@@ -144,6 +147,8 @@ def parse_event(obj: Any) -> Decoded:
     timestamp = _number(obj.get("timestamp"))
     if type(etype) is not str or type(hostname) is not str or timestamp is None:
         return Dropped(DropReason.INVALID_EVENT, "event lacks type, hostname or timestamp")
+    # Our own copy of the type string: task state keeps it (a task's last end) for every task.
+    etype = _TYPE_NAMES.get(etype, etype)
     if etype in TASK_TYPES:
         uuid = obj.get("uuid")
         if type(uuid) is not str or not uuid:

@@ -11,6 +11,7 @@ families are built at scrape time.
 from __future__ import annotations
 
 import math
+import sys
 from bisect import bisect_left
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -282,7 +283,8 @@ class TaskState:
 
     def _name(self, record: _Record, name: str) -> None:
         if name != record.name:
-            record.name = name
+            # Records outlive events: one copy of each task name rather than one per task.
+            record.name = sys.intern(name)
             record.label = self.labels.task(name)
 
     def _seen(self, name: str, timestamp: float) -> None:
