@@ -164,10 +164,10 @@ def test_reader_compresses_while_the_packer_is_behind(
 def test_compressed_chunk_comes_back_a_batch_at_a_time() -> None:
     """A compressed chunk is decompressed in pieces of at most a batch, which together are
     the chunk."""
-    data = bytes(range(256)) * (3 * redis_source.BATCH_BYTES // 256 + 7)
+    data = bytes(range(256)) * (3 * redis_source.FRAME_BYTES // 256 + 7)
     packed = redis_source._Packed.of(data, redis_source._compressor())
     assert packed.size == sum(map(len, packed.frames)) < len(data) / 8
     pieces = list(redis_source._unpacked(packed))
     assert len(pieces) > 1
-    assert all(len(piece) <= redis_source.BATCH_BYTES for piece in pieces)
+    assert all(len(piece) <= redis_source.FRAME_BYTES for piece in pieces)
     assert b"".join(pieces) == data
