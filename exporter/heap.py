@@ -47,9 +47,9 @@ def trim() -> None:
 
     glibc only returns free space at the top of the heap; pages freed between live blocks stay
     resident. Decoding a burst leaves many (messages and event dicts above pymalloc's 512 bytes
-    come from malloc): trimming after each compressed chunk is parsed took the RSS after the
-    Redis bench burst from about 86 to 78 MiB. A call costs up to a few milliseconds, without
-    the GIL.
+    come from malloc), and so does rendering a scrape: trimming after each compressed chunk is
+    parsed took the RSS after the Redis bench burst from about 86 to 78 MiB. A call costs up to
+    a few milliseconds, without the GIL.
     """
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
