@@ -15,8 +15,9 @@ from typing import Any
 # against 74 with the threshold fixed).
 MMAP_THRESHOLD = 128 * 1024
 # By default every thread that allocates gets an arena of its own, which keeps its own freed
-# pages; the process's threads take turns under the GIL anyway, so one arena seldom makes one
-# wait (bench bursts: peak RSS 1.5 MiB lower).
+# pages (bench bursts: peak RSS 1.5 MiB lower with one). With one arena, threads that allocate
+# at the same moment wait for each other, and for a trim; this process's threads mostly take
+# turns under the GIL anyway.
 ARENAS = 1
 # mallopt's parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -47,9 +48,10 @@ def trim() -> None:
 
     glibc only returns free space at the top of the heap; pages freed between live blocks stay
     resident. Decoding a burst leaves many (messages and event dicts above pymalloc's 512 bytes
-    come from malloc), and so does rendering a scrape: trimming after each compressed chunk is
-    parsed took the RSS after the Redis bench burst from about 86 to 78 MiB. A call costs up to
-    a few milliseconds, without the GIL.
+    come from malloc), and so does rendering a scrape: trimming as compressed chunks are parsed
+    took the RSS after the Redis bench burst from about 86 to 78 MiB. A call costs up to
+    a few milliseconds; it releases the GIL, but a thread that allocates meanwhile waits for it,
+    so callers trim after a stretch of work, not after every item.
     """
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

@@ -3,11 +3,12 @@ and every event that waited in it is still counted exactly."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -51,9 +52,8 @@ def _recorded(url: str) -> list[tuple[bytes, bytes]]:
     return recorded
 
 
-@contextmanager
-def _subscribed(url: str) -> Iterator[tuple[RedisSession, EventPipeline]]:
-    """A session subscribed in a thread of its own, and the pipeline it feeds."""
+def _session(url: str) -> tuple[RedisSession, EventPipeline]:
+    """A session of ``url``, not started, and the pipeline it feeds."""
     values: dict[str, Any] = {"broker_url": url}
     settings = Settings(**values)
     pipeline = EventPipeline(
@@ -64,7 +64,13 @@ def _subscribed(url: str) -> Iterator[tuple[RedisSession, EventPipeline]]:
         clock=time.time,
         max_event_bytes=settings.max_event_bytes,
     )
-    session = RedisSession(url=url, settings=settings, pipeline=pipeline)
+    return RedisSession(url=url, settings=settings, pipeline=pipeline), pipeline
+
+
+@contextmanager
+def _subscribed(url: str) -> Iterator[tuple[RedisSession, EventPipeline]]:
+    """A session subscribed in a thread of its own, and the pipeline it feeds."""
+    session, pipeline = _session(url)
     stop = threading.Event()
     thread = threading.Thread(target=session.run_session, args=(stop,))
     thread.start()
@@ -124,9 +130,8 @@ def test_reader_compresses_while_the_packer_is_behind(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the packer stuck on a chunk, the reader compresses what it reads once the raw
-    bytes waiting for the packer pass the threshold, and the consumer waits for the packer:
-    the backlog holds a fraction of the bytes sent. Once the packer runs again every event is
-    counted exactly."""
+    bytes waiting for the packer pass the threshold: the backlog holds a fraction of the bytes
+    sent. Once the packer runs again every event is counted exactly."""
     monkeypatch.setattr(redis_source, "COMPRESS_ABOVE", 64 * 1024)
     monkeypatch.setattr(redis_source, "READ_SIZE", 64 * 1024)
     packer_free = threading.Event()
@@ -146,11 +151,11 @@ def test_reader_compresses_while_the_packer_is_behind(
         for channel, message in recorded:
             burst.publish(channel, message)
         burst.execute()
-        held = _settled(lambda: source.status.buffered_bytes, 20)
-        counted_meanwhile = pipeline.stats().events.get("task-started", 0)
+        try:
+            held = _settled(lambda: source.status.buffered_bytes, 20)
+        finally:
+            packer_free.set()
         assert 0 < held < sent / 3, f"{held} bytes held for {sent} bytes sent"
-        assert counted_meanwhile < EVENTS
-        packer_free.set()
         wait_until(
             lambda: pipeline.stats().events.get("task-started", 0) == EVENTS,
             20,
@@ -161,13 +166,99 @@ def test_reader_compresses_while_the_packer_is_behind(
     client.close()
 
 
-def test_compressed_chunk_comes_back_a_batch_at_a_time() -> None:
-    """A compressed chunk is decompressed in pieces of at most a batch, which together are
-    the chunk."""
+class _BusyPacker:
+    """What the consumer asks of its reader, with a packer that is behind until told."""
+
+    def __init__(self) -> None:
+        self.chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.busy = threading.Event()
+        self.busy.set()
+        self.taken_bytes = 0
+
+    def packer_busy(self) -> bool:
+        return self.busy.is_set()
+
+
+def _pmessage(channel: bytes, message: bytes) -> bytes:
+    """A pub/sub message as Redis sends it to a pattern subscriber (RESP2)."""
+    parts = [b"pmessage", b"pattern", channel, message]
+    return b"*4\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def test_consumer_waits_while_the_packer_is_behind(redis_server: RedisServer) -> None:
+    """While the packer is behind, the consumer parses nothing (the CPU goes to compression
+    first); it goes on once the packer has caught up, and a stop ends the wait."""
+    channel, message = _recorded(redis_server.url)[0]
+    session, pipeline = _session(redis_server.url)
+    reader = _BusyPacker()
+    reader.chunks.put(_pmessage(channel, message))
+    stop = threading.Event()
+    consumer = threading.Thread(
+        target=session._consume, args=(cast(Any, reader), stop, "here", "pattern")
+    )
+    consumer.start()
+    try:
+        time.sleep(0.5)
+        assert pipeline.stats().events == {}
+        reader.busy.clear()
+        wait_until(lambda: pipeline.stats().events == {"task-started": 1}, 5, "not parsed")
+        reader.busy.set()
+        reader.chunks.put(_pmessage(channel, message))
+        time.sleep(0.2)
+        assert pipeline.stats().events == {"task-started": 1}
+    finally:
+        stop.set()
+        consumer.join(5)
+    assert not consumer.is_alive()
+
+
+def test_compressed_chunk_comes_back_a_frame_at_a_time() -> None:
+    """A compressed chunk is decompressed a frame at a time, and the frames together are the
+    chunk."""
     data = bytes(range(256)) * (3 * redis_source.FRAME_BYTES // 256 + 7)
     packed = redis_source._Packed.of(data, redis_source._compressor())
+    assert packed.raw == len(data)
     assert packed.size == sum(map(len, packed.frames)) < len(data) / 8
     pieces = list(redis_source._unpacked(packed))
     assert len(pieces) > 1
     assert all(len(piece) <= redis_source.FRAME_BYTES for piece in pieces)
     assert b"".join(pieces) == data
+
+
+def test_a_compression_failure_ends_the_session(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk that fails to compress ends the session with the error, counted as a
+    disconnect (the source then reconnects), rather than leaving the consumer waiting for a
+    packer that is gone."""
+    monkeypatch.setattr(redis_source, "COMPRESS_ABOVE", 64 * 1024)
+
+    def failing(data: bytes, compressor: Any) -> redis_source._Packed:
+        raise MemoryError("no room to compress")
+
+    monkeypatch.setattr(redis_source._Packed, "of", staticmethod(failing))
+    recorded = _recorded(redis_server.url)
+    session, pipeline = _session(redis_server.url)
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            session.run_session(threading.Event())
+        except BaseException as err:  # noqa: BLE001 - what the test looks at
+            ended.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(lambda: session.status.connected, 10, "never subscribed")
+    client = redis.Redis.from_url(redis_server.url)
+    with pipeline.lock:  # the consumer falls behind, so a backlog builds and gets compressed
+        burst = client.pipeline(transaction=False)
+        for channel, message in recorded:
+            burst.publish(channel, message)
+        burst.execute()
+        time.sleep(0.5)
+    thread.join(10)
+    client.close()
+    assert not thread.is_alive()
+    assert len(ended) == 1 and isinstance(ended[0], MemoryError), ended
+    assert session.status.disconnects == {"error": 1}

@@ -63,6 +63,9 @@ BATCH_BYTES = 256 * 1024
 # Raw bytes per compressed frame; each frame decompresses in one call. Smaller frames compress
 # worse: 7.7 times at 256 KiB, 8.1 at 512.
 FRAME_BYTES = 512 * 1024
+# Bytes of compressed chunks parsed between two trims of the heap (and once the backlog is
+# gone): a trim costs up to a few milliseconds, and decoding leaves freed pages behind.
+TRIM_EVERY = 4 * 1024 * 1024
 POLL_SECONDS = 0.5
 # Redis's default pubsub limit disconnects after 60 s over the soft limit: a backed-up reader
 # within that window makes a disconnect look like that.
@@ -90,6 +93,7 @@ class _Packed(NamedTuple):
 
     frames: tuple[bytes, ...]
     size: int  # bytes held
+    raw: int  # bytes they stand for
 
     @classmethod
     def of(cls, data: bytes, compressor: zstd.ZstdCompressor) -> _Packed:
@@ -98,12 +102,12 @@ class _Packed(NamedTuple):
             compressor.compress(view[start : start + FRAME_BYTES], zstd.ZstdCompressor.FLUSH_FRAME)
             for start in range(0, len(data), FRAME_BYTES)
         )
-        return cls(frames, sum(map(len, frames)))
+        return cls(frames, sum(map(len, frames)), len(data))
 
 
 def _compressor() -> zstd.ZstdCompressor:
-    # Small frames with a 256 KiB window: a context of about 1 MiB (3.3 with the defaults on
-    # whole chunks) and frames that decompress in one call, at a ratio of 8.1 instead of 8.7.
+    # A 256 KiB window: a context of about 1 MiB (zstd's defaults took 3.3 MiB for 4 MiB
+    # chunks); Celery's envelopes still shrink 8 times in frames of 512 KiB.
     return zstd.ZstdCompressor(
         options={
             zstd.CompressionParameter.compression_level: 1,
@@ -113,7 +117,7 @@ def _compressor() -> zstd.ZstdCompressor:
 
 
 def _unpacked(chunk: bytes | _Packed) -> Iterator[bytes]:
-    """A chunk's bytes, a batch at a time."""
+    """A chunk's bytes: a raw chunk as it is, a packed one a frame at a time."""
     if isinstance(chunk, _Packed):
         for frame in chunk.frames:
             yield zstd.decompress(frame)
@@ -129,10 +133,10 @@ class _SocketReader(threading.Thread):
     each of its turns wait twice for the GIL and once for a core; on a busy machine Redis then
     reached its pub/sub limit in about half the bench bursts. So the reader compresses only what
     it reads while the packer is more than ``compress_above`` behind, and until the packer is
-    back under half of that the consumer yields the CPU. Parsing frees memory at ~80 MB/s,
-    compressing frees it 8 times over at ~1 GB/s: on a machine busy with Redis itself the
-    consumer otherwise took most of the CPU the process got, and the bench's unbatched burst
-    waited raw, 36 MiB over idle at its peak (19 now, most of it compressed).
+    back under half of that the consumer yields the CPU (unless the packer died). Parsing frees
+    memory at ~80 MB/s, compressing frees it 8 times over at ~1 GB/s: on a machine busy with
+    Redis itself the consumer otherwise took most of the CPU the process got, and the bench's
+    unbatched burst waited raw, 36 MiB over idle at its peak (19 now, most of it compressed).
     """
 
     def __init__(
@@ -154,14 +158,15 @@ class _SocketReader(threading.Thread):
         self.chunks: queue.SimpleQueue[bytes | _Packed | BaseException] = queue.SimpleQueue()
         self._packer = threading.Thread(target=self._pack, name="events-redis-packer")
         # The backlog held in memory is read - saved by compression - taken; each counter is
-        # written by one thread only.
+        # written by one thread only. The reader's:
         self.read_bytes = 0
         self.queued_raw = 0  # read bytes queued for the packer as they are
         self.reader_saved = 0
-        self.passed_raw = 0  # ... and those of them it has passed on (packer)
+        # The packer's:
+        self.passed_raw = 0  # bytes of queued_raw passed on, compressed or not
         self.packer_saved = 0
-        self.taken_bytes = 0  # written by the consuming thread
-        self.raw_limit = compress_above
+        # The consuming thread's:
+        self.taken_bytes = 0
         self._paused_at = -math.inf
 
     def start(self) -> None:
@@ -179,6 +184,10 @@ class _SocketReader(threading.Thread):
     def raw_waiting(self) -> int:
         """Bytes queued for the packer uncompressed, not passed on yet."""
         return self.queued_raw - self.passed_raw
+
+    def packer_busy(self) -> bool:
+        """Whether the running packer is more than half the compression threshold behind."""
+        return self.raw_waiting() > self._compress_above // 2 and self._packer.is_alive()
 
     def paused_recently(self) -> bool:
         """Whether the reader fell behind within the last minutes: it stopped reading for
@@ -213,14 +222,14 @@ class _SocketReader(threading.Thread):
                     read.put(SubscriberLost("connection closed by the server"))
                     return
                 self.read_bytes += len(data)
-                if self.raw_waiting() > self.raw_limit:
+                if self.raw_waiting() > self._compress_above:
                     packed = _Packed.of(data, compressor)
                     self.reader_saved += len(data) - packed.size
                     read.put(packed)
                 else:
                     self.queued_raw += len(data)
                     read.put(data)
-        except OSError as err:
+        except Exception as err:  # noqa: BLE001 - ends the session, which reconnects
             read.put(err)
 
     def _pack(self) -> None:
@@ -238,7 +247,11 @@ class _SocketReader(threading.Thread):
                 chunks.put(chunk)
                 continue
             if self.backlog() > self._compress_above:
-                packed = _Packed.of(chunk, compressor)
+                try:
+                    packed = _Packed.of(chunk, compressor)
+                except Exception as err:  # noqa: BLE001 - ends the session, which reconnects
+                    chunks.put(err)
+                    return
                 self.packer_saved += len(chunk) - packed.size
                 chunks.put(packed)
             else:
@@ -286,19 +299,23 @@ class RedisSession(Session):
         self, reader: _SocketReader, stop: threading.Event, where: str, pattern: str
     ) -> None:
         framer = _Framer(self._pipeline, self.status, f"{where} ({pattern})")
+        untrimmed = 0  # bytes of compressed chunks parsed since the heap was last trimmed
         while not stop.is_set():
             try:
                 chunk = reader.chunks.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 continue
             while not isinstance(chunk, BaseException):
+                while reader.packer_busy() and not stop.is_set():
+                    time.sleep(0.001)  # the packer first (see _SocketReader)
                 for data in _unpacked(chunk):
-                    while reader.raw_waiting() > reader.raw_limit // 2 and not stop.is_set():
-                        time.sleep(0.001)  # the packer first (see _SocketReader)
                     framer.take(data)
                 if isinstance(chunk, _Packed):
                     reader.taken_bytes += chunk.size
-                    heap.trim()  # what decoding the chunk freed, before the next one
+                    untrimmed += chunk.raw
+                    if untrimmed >= TRIM_EVERY:
+                        heap.trim()
+                        untrimmed = 0
                 else:
                     reader.taken_bytes += len(chunk)
                 try:
@@ -307,6 +324,9 @@ class RedisSession(Session):
                     break
             # Nothing else waits: apply the last partial batch now, not with the next chunk.
             framer.flush()
+            if untrimmed:
+                heap.trim()
+                untrimmed = 0
             if isinstance(chunk, BaseException):
                 raise self._classify(chunk, reader, partial=framer.partial())
 

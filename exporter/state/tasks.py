@@ -11,7 +11,6 @@ families are built at scrape time.
 from __future__ import annotations
 
 import math
-import sys
 from bisect import bisect_left
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -283,9 +282,11 @@ class TaskState:
 
     def _name(self, record: _Record, name: str) -> None:
         if name != record.name:
-            # Records outlive events: one copy of each task name rather than one per task.
-            record.name = sys.intern(name)
-            record.label = self.labels.task(name)
+            label = self.labels.task(name)
+            # Records outlive events: the limiter's copy of an admitted name, so one copy per
+            # task name rather than one per task (a cut or overflowing name keeps its own).
+            record.name = label if label == name else name
+            record.label = label
 
     def _seen(self, name: str, timestamp: float) -> None:
         if timestamp > self.last_seen.get(name, 0.0):
