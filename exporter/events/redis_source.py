@@ -8,16 +8,20 @@ nothing but move bytes from the socket into a bounded buffer while this one pars
 hiredis and decodes them in bulk. A burst then waits in our buffer instead of Redis's, and
 while more than a few MiB wait there a third thread keeps them zstd-compressed (Celery's base64
 envelopes shrink 8 times at level 1, at ~1 GB/s with the GIL released). Compression comes first:
-when raw bytes queue up for it, the reader compresses too and the consumer steps aside.
+when raw bytes queue up for it, the reader compresses too (as long as it keeps up with Redis)
+and the consumer steps aside.
 """
 
 from __future__ import annotations
 
+import array
+import fcntl
 import logging
 import math
 import queue
 import socket
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -63,6 +67,11 @@ BATCH_BYTES = 256 * 1024
 # Raw bytes per compressed frame; each frame decompresses in one call. Smaller frames compress
 # worse: 7.7 times at 256 KiB, 8.1 at 512.
 FRAME_BYTES = 512 * 1024
+# Unread bytes in the socket's receive buffer past which the reader is behind Redis: it then
+# queues what it reads as it is, whatever waits for the packer (up to the buffer limit), since
+# what the kernel cannot take waits in Redis's output buffer, which cuts us off when full. A
+# starved process (py-spy attached, a CPU quota) was cut off in mid-burst otherwise.
+BEHIND_BYTES = 2 * 1024 * 1024
 # Bytes of compressed chunks parsed between two trims of the heap (and once the backlog is
 # gone): a trim costs up to a few milliseconds, and decoding leaves freed pages behind.
 TRIM_EVERY = 4 * 1024 * 1024
@@ -125,6 +134,13 @@ def _unpacked(chunk: bytes | _Packed) -> Iterator[bytes]:
         yield chunk
 
 
+def _unread(sock: socket.socket) -> int:
+    """Bytes the kernel has received on ``sock`` that nobody has read yet."""
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count, True)
+    return count[0]
+
+
 class _SocketReader(threading.Thread):
     """Moves bytes from the socket into ``chunks`` until EOF, error or stop; bounded.
 
@@ -132,8 +148,9 @@ class _SocketReader(threading.Thread):
     than ``compress_above`` bytes wait (``_Packed``). Compressing every chunk in the reader made
     each of its turns wait twice for the GIL and once for a core; on a busy machine Redis then
     reached its pub/sub limit in about half the bench bursts. So the reader compresses only what
-    it reads while the packer is more than ``compress_above`` behind, and until the packer is
-    back under half of that the consumer yields the CPU (unless the packer died). Parsing frees
+    it reads while the packer is more than ``compress_above`` behind and the socket is not
+    filling up (BEHIND_BYTES), and until the packer is back under half of that the consumer
+    yields the CPU (unless the packer died). Parsing frees
     memory at ~80 MB/s, compressing frees it 8 times over at ~1 GB/s: on a machine busy with
     Redis itself the consumer otherwise took most of the CPU the process got, and the bench's
     unbatched burst waited raw, 36 MiB over idle at its peak (19 now, most of it compressed).
@@ -222,7 +239,7 @@ class _SocketReader(threading.Thread):
                     read.put(SubscriberLost("connection closed by the server"))
                     return
                 self.read_bytes += len(data)
-                if self.raw_waiting() > self._compress_above:
+                if self.raw_waiting() > self._compress_above and _unread(sock) < BEHIND_BYTES:
                     packed = _Packed.of(data, compressor)
                     self.reader_saved += len(data) - packed.size
                     read.put(packed)
