@@ -150,10 +150,10 @@ class _SocketReader(threading.Thread):
     reached its pub/sub limit in about half the bench bursts. So the reader compresses only what
     it reads while the packer is more than ``compress_above`` behind and the socket is not
     filling up (BEHIND_BYTES), and until the packer is back under half of that the consumer
-    yields the CPU (unless the packer died). Parsing frees
-    memory at ~80 MB/s, compressing frees it 8 times over at ~1 GB/s: on a machine busy with
-    Redis itself the consumer otherwise took most of the CPU the process got, and the bench's
-    unbatched burst waited raw, 36 MiB over idle at its peak (19 now, most of it compressed).
+    yields the CPU (unless the packer died). Parsing frees memory at ~80 MB/s, compressing
+    frees it 8 times over at ~1 GB/s: on a machine busy with Redis itself the consumer otherwise
+    took most of the CPU the process got, and the bench's unbatched burst waited raw, 36 MiB
+    over idle at its peak (19 now, most of it compressed).
     """
 
     def __init__(
