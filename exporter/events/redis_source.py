@@ -113,6 +113,11 @@ class _Packed(NamedTuple):
         )
         return cls(frames, sum(map(len, frames)), len(data))
 
+    @property
+    def saved(self) -> int:
+        """Bytes compression saved."""
+        return self.raw - self.size
+
 
 def _compressor() -> zstd.ZstdCompressor:
     # A 256 KiB window: a context of about 1 MiB (zstd's defaults took 3.3 MiB for 4 MiB
@@ -241,7 +246,7 @@ class _SocketReader(threading.Thread):
                 self.read_bytes += len(data)
                 if self.raw_waiting() > self._compress_above and _unread(sock) < BEHIND_BYTES:
                     packed = _Packed.of(data, compressor)
-                    self.reader_saved += len(data) - packed.size
+                    self.reader_saved += packed.saved
                     read.put(packed)
                 else:
                     self.queued_raw += len(data)
@@ -269,7 +274,7 @@ class _SocketReader(threading.Thread):
                 except Exception as err:  # noqa: BLE001 - ends the session, which reconnects
                     chunks.put(err)
                     return
-                self.packer_saved += len(chunk) - packed.size
+                self.packer_saved += packed.saved
                 chunks.put(packed)
             else:
                 chunks.put(chunk)
