@@ -4,6 +4,10 @@ Each round is three control broadcasts (``active_queues``, ``stats``, ``reserved
 set to the number of live workers, so each returns as soon as they have all replied; a round runs
 every interval and, targeted, when a new worker appears. The queues feed the queue label of task
 metrics (state/routing.py), the rest the worker metrics. A scrape never waits on them.
+
+The broadcasts go through kombu's pidbox mailbox, set up as Celery's ``app.control`` sets up its
+own (exchange ``celery.pidbox``, replies on ``reply.celery.pidbox``, JSON only), without importing
+Celery: that import alone would cost the daemon about 6 MiB.
 """
 
 from __future__ import annotations
@@ -14,9 +18,41 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import kombu
+from kombu.pidbox import Mailbox
+
 from exporter.state.routing import QueueResolver
 
 log = logging.getLogger(__name__)
+
+# Celery's defaults for its control mailbox: control_exchange, control_queue_ttl and
+# control_queue_expires (the reply queue is deleted 10 s after its last use).
+CONTROL_EXCHANGE = "celery"
+CONTROL_QUEUE_TTL = 300.0
+CONTROL_QUEUE_EXPIRES = 10.0
+
+
+def control_mailbox() -> Mailbox:
+    """The mailbox Celery workers listen on for control commands, as ``app.control`` builds it."""
+    return Mailbox(
+        CONTROL_EXCHANGE,
+        type="fanout",
+        accept=["json"],
+        serializer="json",
+        queue_ttl=CONTROL_QUEUE_TTL,
+        reply_queue_ttl=CONTROL_QUEUE_TTL,
+        queue_expires=CONTROL_QUEUE_EXPIRES,
+        reply_queue_expires=CONTROL_QUEUE_EXPIRES,
+    )
+
+
+def by_worker(replies: Any) -> dict[str, Any]:
+    """``[{worker: reply}, ...]`` as the mailbox collects them -> ``{worker: reply}``."""
+    merged: dict[str, Any] = {}
+    for reply in replies if isinstance(replies, list) else ():
+        if isinstance(reply, dict):
+            merged.update(reply)
+    return merged
 
 
 class InspectStats:
@@ -101,7 +137,8 @@ class Inspector:
         self._new_lock = threading.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._app: Any = None
+        self._mailbox = control_mailbox()
+        self._connection: kombu.Connection | None = None
         # Swapped whole by the inspecting thread, read by scrapes.
         self.concurrency: dict[str, int] = {}
         self.reserved: dict[str, int] = {}
@@ -137,12 +174,6 @@ class Inspector:
             stopper.cancel()
 
     def _inspect(self, destination: list[str] | None) -> None:
-        if self._app is None:
-            from celery import Celery  # noqa: PLC0415 - heavy, and only needed here
-
-            self._app = Celery("celery-exporter", broker=self._broker_url, set_as_current=False)
-            self._app.conf.broker_transport_options = self._transport_options
-            self._app.conf.broker_connection_timeout = self._timeout
         if destination is None and self._own_workers is not None:
             destination = self._own_workers() or None
             if destination is None:
@@ -150,15 +181,43 @@ class Inspector:
         limit = len(destination) if destination else self._live_workers()
         if limit == 0:
             return
-        inspect = self._app.control.inspect(
-            timeout=self._timeout, limit=limit, destination=destination
-        )
-        queues = parse_active_queues(inspect.active_queues())
+        if self._connection is None:
+            self._connection = kombu.Connection(
+                self._broker_url,
+                transport_options=self._transport_options,
+                connect_timeout=self._timeout,
+            )
+        try:
+            queues = parse_active_queues(self._ask("active_queues", destination, limit))
+            concurrency = parse_concurrency(self._ask("stats", destination, limit))
+            reserved = parse_reserved(self._ask("reserved", destination, limit))
+        except Exception:
+            # A fresh connection next round: this one may be half-broken.
+            self.close()
+            raise
         self._resolver.set_worker_queues(queues)
-        self.concurrency = {**self.concurrency, **parse_concurrency(inspect.stats())}
-        self.reserved = {**self.reserved, **parse_reserved(inspect.reserved())}
+        self.concurrency = {**self.concurrency, **concurrency}
+        self.reserved = {**self.reserved, **reserved}
         self.stats.add("ok")
         log.debug("inspected %d worker(s): %s", len(queues), queues)
+
+    def _ask(self, command: str, destination: list[str] | None, limit: int) -> dict[str, Any]:
+        """One broadcast and its replies by worker, as ``app.control.inspect()`` makes it."""
+        assert self._connection is not None
+        mailbox = self._mailbox(self._connection)
+        # _broadcast is what Celery's own Control.broadcast calls: the public call() and
+        # multi_call() take either a destination or a reply limit, not both.
+        return by_worker(
+            mailbox._broadcast(
+                command,
+                {},
+                destination,
+                reply=True,
+                timeout=self._timeout,
+                limit=limit,
+                channel=self._connection.default_channel,
+            )
+        )
 
     def forget_worker(self, worker: str) -> None:
         """Drop what was learned of a worker that left for good."""
@@ -166,8 +225,9 @@ class Inspector:
         self.reserved = {w: n for w, n in self.reserved.items() if w != worker}
 
     def close(self) -> None:
-        if self._app is not None:
-            self._app.close()
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.release()
 
 
 class AppLoadError(Exception):
