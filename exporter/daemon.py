@@ -11,17 +11,13 @@ import time
 from collections.abc import Callable
 
 from exporter import heap
-from exporter.brokers.amqp_queues import AmqpQueueProbe
-from exporter.brokers.rabbitmq_management import management_client
-from exporter.brokers.redis_beat import RedisBeatProbe
-from exporter.brokers.redis_queues import RedisQueueProbe
 from exporter.collectors.registry import build_registry
 from exporter.config import AMQP_SCHEMES, REDIS_SCHEMES, Settings, url_scheme
 from exporter.events.source import EventSource, build_event_source
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
 from exporter.inspect import Inspector, InspectStats, load_app_router
 from exporter.pipeline import EventPipeline
-from exporter.poller import Poller
+from exporter.poller import Poller, Probe
 from exporter.state.beat import BeatState
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueState
@@ -79,6 +75,10 @@ class Daemon:
         if settings.collector_queues:
             self.queues = self._queue_poller(url)
         if settings.collector_beat and settings.beat_redis_sources():
+            # Each broker's modules are imported only when used: an AMQP-only daemon loads no
+            # Redis client, a Redis one no AMQP code (about 1 MiB each).
+            from exporter.brokers.redis_beat import RedisBeatProbe  # noqa: PLC0415
+
             self.beat = BeatState()
             probe = RedisBeatProbe(
                 url=settings.resolved_beat_redis_url(),
@@ -140,9 +140,12 @@ class Daemon:
             max_queues=settings.max_queues,
         )
         timeout = settings.broker_connect_timeout_seconds
-        probe: RedisQueueProbe | AmqpQueueProbe
+        probe: Probe
         scheme = url_scheme(url)
         if scheme in AMQP_SCHEMES:
+            from exporter.brokers.amqp_queues import AmqpQueueProbe  # noqa: PLC0415
+            from exporter.brokers.rabbitmq_management import management_client  # noqa: PLC0415
+
             management = settings.rabbitmq_management_url
             probe = AmqpQueueProbe(
                 url=url,
@@ -163,6 +166,8 @@ class Daemon:
             log.warning("queue depth is not supported on %s:// brokers: not polled", scheme)
             return state
         else:
+            from exporter.brokers.redis_queues import RedisQueueProbe  # noqa: PLC0415
+
             probe = RedisQueueProbe(
                 url=url,
                 transport_options=dict(settings.broker_transport_options),

@@ -8,9 +8,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 log = logging.getLogger(__name__)
+
+
+class Probe(Protocol):
+    """A broker probe: one blocking poll per call, and its connections released on close."""
+
+    def __call__(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class PollStats(NamedTuple):
