@@ -226,3 +226,15 @@ def celery_procs(tmp_path: Path) -> Iterator[ProcsFactory]:
     finally:
         for procs in made:
             procs.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis_server", marks=pytest.mark.redis, id="redis"),
+        pytest.param("rabbitmq_server", marks=pytest.mark.rabbitmq, id="rabbitmq"),
+    ]
+)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The URL of each real broker in turn (started by its session fixture)."""
+    url: str = request.getfixturevalue(request.param).url
+    return url

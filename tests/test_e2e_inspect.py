@@ -1,7 +1,7 @@
 """Worker inspection on both brokers: the exporter's own pidbox client asks a real worker.
 
 The inspector runs in a fresh interpreter, so that whether it imports Celery can be seen: it must
-not (the import alone costs the daemon about 6 MiB).
+not (the import alone cost the idle daemon 3.4 MiB).
 """
 
 from __future__ import annotations
@@ -10,17 +10,16 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from tests import sample_app as sa
 from tests.celery_procs import ProcsFactory
 from tests.services import _child_env
 
 CONCURRENCY = 3
 
-# argv: broker URL, worker nodename. Rounds until the worker answers (it may still be starting).
+# argv: broker URL, worker nodename. Rounds until the worker has answered all three broadcasts
+# (it may still be starting), for up to a minute.
 _INSPECT = """
-import json, sys
+import json, sys, time
 from exporter.inspect import Inspector, InspectStats
 from exporter.state.routing import QueueResolver
 
@@ -29,41 +28,27 @@ inspector = Inspector(
     broker_url=sys.argv[1], transport_options={}, interval=1.0, timeout=2.0,
     resolver=resolver, live_workers=lambda: 1, stats=InspectStats(),
 )
-rounds = 0
-while rounds < 20:
-    rounds += 1
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
     inspector._inspect([sys.argv[2]])
-    if inspector.concurrency and resolver.worker_queues:
+    if inspector.concurrency and inspector.reserved and resolver.worker_queues:
         break
 inspector.close()
 print(json.dumps({
     "queues": resolver.worker_queues,
     "concurrency": inspector.concurrency,
     "reserved": inspector.reserved,
-    "stats": inspector.stats.read(),
-    "rounds": rounds,
     "celery_imported": any(name.split(".")[0] == "celery" for name in sys.modules),
 }))
 """
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("redis_server", marks=pytest.mark.redis, id="redis"),
-        pytest.param("rabbitmq_server", marks=pytest.mark.rabbitmq, id="rabbitmq"),
-    ]
-)
-def broker_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(request.param).url
-    return url
 
 
 def test_inspection_asks_a_real_worker_without_celery(
     broker_url: str, celery_procs: ProcsFactory
 ) -> None:
     """A prefork worker (-c 3) consuming queues a and b: one targeted round gives exactly its
-    queues, its pool size 3 and 0 reserved requests, every round is counted as one ok
-    inspection, and the inspecting process never imported Celery."""
+    queues, its pool size 3 and 0 reserved requests, and the inspecting process never imported
+    Celery."""
     worker = celery_procs(broker_url).worker(
         queues=[sa.QUEUE_A, sa.QUEUE_B], concurrency=CONCURRENCY, name="pidbox"
     )
@@ -82,5 +67,4 @@ def test_inspection_asks_a_real_worker_without_celery(
     assert list(got["queues"]) == [node]
     assert sorted(got["queues"][node]) == sorted([sa.QUEUE_A, sa.QUEUE_B])
     assert got["reserved"] == {node: 0}
-    assert got["stats"] == {"ok": got["rounds"]}
     assert got["celery_imported"] is False

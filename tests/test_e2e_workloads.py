@@ -10,18 +10,6 @@ from tests.services import ExporterFactory, ProducerFactory, WorkerFactory
 POOLS = ["prefork", "solo"]
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("redis_server", marks=pytest.mark.redis, id="redis"),
-        pytest.param("rabbitmq_server", marks=pytest.mark.rabbitmq, id="rabbitmq"),
-    ]
-)
-def broker_url(request: pytest.FixtureRequest) -> str:
-    """The URL of each real broker in turn (started by its session fixture)."""
-    url: str = request.getfixturevalue(request.param).url
-    return url
-
-
 @pytest.mark.parametrize("pool", POOLS)
 def test_mixed_workload_counts_are_exact(
     pool: str,
