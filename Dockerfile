@@ -5,8 +5,8 @@
 # Pin the base image by digest (python:3.11-slim@sha256:...) in your registry mirror for
 # byte-for-byte rebuilds; the tag alone already fixes Python 3.11 and Debian slim.
 ARG PYTHON_IMAGE=python:3.11-slim
-# Extras installed with the package: celery for worker inspection and --app, msgpack for
-# msgpack-encoded events. Leave them in: without celery every inspection logs a failure.
+# Extras installed with the package: celery for --app (the app named is imported, and Celery
+# with it; worker inspection needs kombu alone), msgpack for msgpack-encoded events.
 ARG EXTRAS=celery,msgpack
 
 FROM ${PYTHON_IMAGE} AS builder

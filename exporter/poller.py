@@ -8,17 +8,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
-
-
-class Probe(Protocol):
-    """A broker probe: one blocking poll per call, and its connections released on close."""
-
-    def __call__(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class PollStats(NamedTuple):
