@@ -118,8 +118,9 @@ def test_close_during_a_round_leaves_the_connection_to_the_round(
 
     thread = threading.Thread(target=round_)
     thread.start()
-    while inspector._connection is None:
+    while inspector._connection is None and thread.is_alive():
         thread.join(0.01)
+    assert not errors
     inspector.close()
     assert inspector._connection is not None  # still the round's
     gate.set()
