@@ -1,4 +1,5 @@
-"""``python -m bench [--quick] [--only NAME ...] [--profile]``: run and print the figures."""
+"""``python -m bench [--quick] [--only NAME ...] [--repeat N] [--profile]``: run and print the
+figures."""
 
 from __future__ import annotations
 
@@ -43,12 +44,30 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "(default: Redis's own, 32mb); the exporter is cut off when Redis holds more of a burst",
     )
     parser.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run each Redis burst N times, each into a fresh exporter, and summarise them: "
+        "peak RSS moves by a few MiB from run to run with how the CPUs are shared",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also replay the unbatched burst (of each broker chosen) with py-spy attached "
         "and print the top functions",
     )
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of runs, 1 or more: {text!r}")
+    return value
 
 
 def _print_profile(profile: Profile, burst_name: str) -> None:
@@ -68,7 +87,7 @@ def _print_profile(profile: Profile, burst_name: str) -> None:
 
 
 def _bursts(
-    redis: RedisServer, chosen: list[str], quick: bool, profile: bool
+    redis: RedisServer, chosen: list[str], quick: bool, profile: bool, repeat: int
 ) -> tuple[list[Section], Profile | None]:
     spec = WorkloadSpec(task_events=QUICK_BURST_EVENTS if quick else BURST_EVENTS)
     sections: list[Section] = []
@@ -82,8 +101,14 @@ def _bursts(
         )
         print(f"{variant} recording: {len(messages)} messages" + (" (cached)" if cached else ""))
         if variant in chosen:
-            print(f"running the {variant} burst")
-            sections.append(burst.run(redis, messages, variant)[0])
+            runs: list[Section] = []
+            for number in range(1, repeat + 1):
+                of = f" ({number} of {repeat})" if repeat > 1 else ""
+                print(f"running the {variant} burst{of}")
+                runs.append(burst.run(redis, messages, variant, run=number if of else None)[0])
+            sections += runs
+            if repeat > 1:
+                sections.append(burst.summary(variant, runs))
         if profiled and not PySpy.available():
             print("py-spy is not installed (pip install py-spy): no profile")
         elif profiled:
@@ -171,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         client.close()
         print(f"redis-server on port {redis.port}: {buffer_limits}")
-        found, profile = _bursts(redis, chosen, args.quick, args.profile and bool(on_redis))
+        found, profile = _bursts(
+            redis, chosen, args.quick, args.profile and bool(on_redis), args.repeat
+        )
         sections += found
         if profile is not None:
             profiles["unbatched burst (Redis)"] = profile
@@ -200,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta: dict[str, Value] = {
         "quick": args.quick,
         "scenarios": ",".join(chosen),
+        "repeat": args.repeat,
         "redis_output_buffer_limits": buffer_limits,
         **run_meta(load, time.monotonic() - started),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 from typing import NamedTuple
 
 from bench import truth
@@ -56,9 +57,17 @@ def _measure(redis: RedisServer, messages: list[Message], profile: bool) -> _Run
 
 
 def run(
-    redis: RedisServer, messages: list[Message], variant: str, *, profile: bool = False
+    redis: RedisServer,
+    messages: list[Message],
+    variant: str,
+    *,
+    profile: bool = False,
+    run: int | None = None,
 ) -> tuple[Section, Profile | None]:
-    """Replay ``messages`` into a fresh exporter; figures, and a profile when asked."""
+    """Replay ``messages`` into a fresh exporter; figures, and a profile when asked.
+
+    ``run`` numbers the section when the burst is repeated.
+    """
     expected = truth.truth_of(messages)
     measured = _measure(redis, messages, profile)
     published, done, page = measured.published, measured.done, measured.page
@@ -68,7 +77,11 @@ def run(
     reconnects = int(truth.total(page, "celery_exporter_source_reconnects_total"))
     dropped = int(truth.total(page, "celery_exporter_events_dropped_total"))
 
-    section = Section(f"{variant} burst" + (" (py-spy attached)" if profile else ""))
+    section = Section(
+        f"{variant} burst"
+        + (f" {run}" if run is not None else "")
+        + (" (py-spy attached)" if profile else "")
+    )
     add = section.add
     add(Figure("events", "events in the burst", expected.total_events))
     add(Figure("counted", "events counted", done.counted))
@@ -112,3 +125,33 @@ def run(
     if measured.profile_error:
         section.notes.append(f"py-spy failed: {measured.profile_error}")
     return section, measured.profile
+
+
+# The figures of a run that say nothing was lost or miscounted.
+_COMPLETE = ("counted_percent", "exact", "reconnects", "unheard", "dropped")
+
+
+def _number(section: Section, key: str) -> float:
+    value = next(figure.value for figure in section.figures if figure.key == key)
+    if not isinstance(value, int | float):
+        raise TypeError(f"{section.name}: {key} is not a number: {value!r}")
+    return float(value)
+
+
+def summary(variant: str, runs: list[Section]) -> Section:
+    """The repeated runs of one burst side by side: every one judged, and the spread."""
+    peaks = [_number(run, "peak_rss_mib") for run in runs]
+    complete = sum(
+        all(figure.ok for figure in run.figures if figure.key in _COMPLETE) for run in runs
+    )
+    met = sum(peak < TARGET_PEAK_RSS_MIB for peak in peaks)
+    slowest = min(_number(run, "events_per_second") for run in runs)
+    section = Section(f"{variant} bursts, {len(runs)} runs")
+    add = section.add
+    add(Figure("peak_rss_mib_median", "peak RSS, median", statistics.median(peaks), "MiB"))
+    add(Figure("peak_rss_mib_max", "peak RSS, highest", max(peaks), "MiB"))
+    add(equals("peak_rss_runs_met", f"runs under {TARGET_PEAK_RSS_MIB:.0f} MiB", met, len(runs)))
+    add(Figure("events_per_second_min", "events/s counted, slowest run", slowest, "ev/s"))
+    add(equals("runs_complete", "runs counting all, exactly, unbroken", complete, len(runs)))
+    section.notes.append("peak RSS by run: " + ", ".join(f"{peak:.1f}" for peak in peaks) + " MiB")
+    return section
