@@ -105,7 +105,7 @@ def _bursts(
             for number in range(1, repeat + 1):
                 of = f" ({number} of {repeat})" if repeat > 1 else ""
                 print(f"running the {variant} burst{of}")
-                runs.append(burst.run(redis, messages, variant, run=number if of else None)[0])
+                runs.append(burst.run(redis, messages, variant, number=number if of else None)[0])
             sections += runs
             if repeat > 1:
                 sections.append(burst.summary(variant, runs))
