@@ -6,6 +6,8 @@ import contextlib
 import statistics
 from typing import NamedTuple
 
+import redis as redis_py
+
 from bench import truth
 from bench.monitor import Completion, completion, publish_until_idle
 from bench.procs import ExporterProcess, ProcStats, RedisServer
@@ -23,6 +25,7 @@ class _Run(NamedTuple):
     published: BurstResult
     done: Completion
     idle_rss: int
+    redis_held: int  # the largest output buffer Redis kept for a client during the burst
     stats: ProcStats  # after the burst
     page: str  # /metrics after the burst
     log: str  # the end of the exporter's log
@@ -43,17 +46,32 @@ def _measure(redis: RedisServer, messages: list[Message], profile: bool) -> _Run
                 burst = publish_until_idle(exporter, publisher, chunks)
         finally:
             publisher.close()
+        held = _largest_output_buffer(redis)
         done = completion(exporter, burst, expected.total_events, expected.last_timestamp)
         return _Run(
             burst.published,
             done,
             idle_rss,
+            held,
             exporter.stats(),
             exporter.metrics(),
             exporter.log_tail(),
             spy.profile if spy is not None else None,
             spy.error if spy is not None else None,
         )
+
+
+def _largest_output_buffer(redis: RedisServer) -> int:
+    """The most bytes Redis held for one client over the last seconds, by its own samples.
+
+    The exporter's subscriber is the only client that receives a burst: what its reader had not
+    taken yet waited there, and Redis cuts it off when this reaches the pub/sub limit.
+    """
+    client = redis_py.Redis(port=redis.port)
+    try:
+        return int(client.info("clients")["client_recent_max_output_buffer"])
+    finally:
+        client.close()
 
 
 def run(
@@ -101,6 +119,8 @@ def run(
     peak = measured.stats.peak_rss / MIB
     add(below("peak_rss_mib", "peak RSS (VmHWM)", peak, "MiB", TARGET_PEAK_RSS_MIB))
     add(Figure("idle_rss_mib", "RSS before the burst", measured.idle_rss / MIB, "MiB"))
+    held = measured.redis_held / MIB
+    add(Figure("redis_held_mib", "held in Redis for it, most sampled", held, "MiB"))
     add(
         Figure(
             "cpu_us_per_event", "CPU per event", 1e6 * done.cpu_seconds / max(done.counted, 1), "us"
@@ -156,6 +176,8 @@ def summary(variant: str, runs: list[Section]) -> Section:
     add(Figure("peak_rss_mib_max", "peak RSS, highest", max(peaks), "MiB"))
     add(equals("peak_rss_runs_met", f"runs under {TARGET_PEAK_RSS_MIB:.0f} MiB", met, len(runs)))
     add(Figure("events_per_second_min", "events/s counted, slowest run", slowest, "ev/s"))
+    held = max(_number(one, "redis_held_mib") for one in runs)
+    add(Figure("redis_held_mib_max", "held in Redis, most sampled in a run", held, "MiB"))
     add(equals("runs_complete", "runs counting all, exactly, unbroken", complete, len(runs)))
     section.notes.append("peak RSS by run: " + ", ".join(f"{peak:.1f}" for peak in peaks) + " MiB")
     return section
