@@ -25,7 +25,7 @@ class _Run(NamedTuple):
     published: BurstResult
     done: Completion
     idle_rss: int
-    redis_held: int  # the largest output buffer Redis kept for a client during the burst
+    redis_held: int  # bytes: Redis's largest sample of one client's output buffer, last seconds
     stats: ProcStats  # after the burst
     page: str  # /metrics after the burst
     log: str  # the end of the exporter's log
