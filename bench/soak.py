@@ -44,7 +44,7 @@ from bench.report import (
 )
 from bench.synthetic import SAMPLE_SPEC
 from bench.workload import EPOCH, HEARTBEAT_SECONDS, MAX_RETRIES, SimEvent, WorkloadSpec, stream
-from exporter.config import Settings
+from exporter.settings import options
 
 DEFAULT_SECONDS = 600.0
 QUICK_SECONDS = 60.0
@@ -82,7 +82,7 @@ def tasks_per_second(rate: float) -> float:
 
 def task_map_size(tasks: float, duration: float) -> int:
     """The exporter's default cap, smaller for runs too short for it to fill in a quarter."""
-    default: int = Settings.model_fields["task_state_max_tasks"].default
+    default: int = options()["task_state_max_tasks"].default()
     return min(default, round(tasks * max(MIN_TASK_LIFETIME_SECONDS, duration / 4)))
 
 

@@ -1,4 +1,8 @@
-"""Command line: flags, environment and config file -> Settings; logging; run; exit codes.
+"""Command line: flags, environment and config file -> Settings, then the serving process.
+
+Once the settings are valid this process replaces itself (same pid) with a fresh interpreter
+running exporter.run, which gets them through an in-memory file: validating takes pydantic,
+which would hold 8 MiB of the daemon's memory for as long as it runs, and nothing else.
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration error (one line on stderr naming
 the option and its environment variable, no traceback).
@@ -7,10 +11,8 @@ the option and its environment variable, no traceback).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import ssl
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -18,19 +20,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-)
 from pydantic_settings.exceptions import SettingsError
 
 from exporter import __version__, logs
-from exporter.config import ENV_PREFIX, Settings
-from exporter.daemon import serve
-from exporter.inspect import AppLoadError
+from exporter.config import OPTIONS, load_settings
+from exporter.settings import ENV_PREFIX, EXIT_CONFIG, Secret, Settings
 
-EXIT_CONFIG = 2
 # Settings whose rejected value may carry a password: their input is never echoed.
 _SECRET_BEARING = frozenset({"broker_url", "beat_redis_url", "broker_transport_options"})
 
@@ -68,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML or JSON file of settings (field names as keys); flags and environment win "
         f"over it [env {ENV_PREFIX}CONFIG_FILE]",
     )
-    for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if hasattr(default, "get_secret_value"):
+    for name, option in OPTIONS.items():
+        default = option.default()
+        if isinstance(default, Secret):
             default = "(secret)"
-        help_text = f"{field.description} [env {env_name(name)}; default {default}]"
-        if field.annotation is bool:
+        help_text = f"{option.description} [env {env_name(name)}; default {default}]"
+        if option.type is bool:
             parser.add_argument(
                 flag_name(name),
                 dest=name,
@@ -103,28 +98,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_settings(flags: dict[str, Any], file_values: dict[str, Any]) -> Settings:
-    """Flags over environment over config file over defaults."""
-
-    class _Layered(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (
-                init_settings,
-                env_settings,
-                InitSettingsSource(settings_cls, init_kwargs=file_values),
-            )
-
-    return _Layered(**flags)
-
-
 def describe_error(err: ValidationError) -> str:
     """The first problem as one line: which option, its env variable, what is wrong."""
     first = err.errors()[0]
@@ -134,7 +107,7 @@ def describe_error(err: ValidationError) -> str:
     field = str(first["loc"][0])
     if field.upper().startswith(ENV_PREFIX) or field == "CELERY_BROKER_URL":
         field = "broker_url"
-    if field not in Settings.model_fields:
+    if field not in OPTIONS:
         return f"unknown setting {field!r} (config file or environment): {message}"
     value = first.get("input")
     shown = "" if field in _SECRET_BEARING or isinstance(value, dict) else f" (got {value!r})"
@@ -161,19 +134,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         sys.stderr.write(f"celery-exporter: error: {logs.redact_url(str(err))}\n")
         return EXIT_CONFIG
-    logs.configure(settings.log_level, settings.log_format)
-    try:
-        asyncio.run(serve(settings))
-    except ssl.SSLError as err:
-        sys.stderr.write(f"celery-exporter: error: --web-tls-*: cannot load: {err}\n")
-        return EXIT_CONFIG
-    except AppLoadError as err:
-        sys.stderr.write(f"celery-exporter: error: {err}\n")
-        return EXIT_CONFIG
-    except OSError as err:
-        sys.stderr.write(
-            f"celery-exporter: error: cannot listen on {settings.host}:{settings.port}: "
-            f"{err.strerror}\n"
-        )
-        return EXIT_CONFIG
-    return 0
+    if hasattr(os, "memfd_create"):
+        hand_over(settings)
+    from exporter.run import serve_settings  # noqa: PLC0415 - without memfd (not Linux) only
+
+    return serve_settings(settings)
+
+
+def hand_over(settings: Settings) -> NoReturn:
+    """Become ``python -m exporter.run FD``, FD an in-memory file holding ``settings``.
+
+    exec keeps the pid, so a container's signals and a supervisor's bookkeeping still reach
+    the daemon; the file is never on a disk (secrets included), and exporter.run closes it
+    once read.
+    """
+    fd = os.memfd_create("celery-exporter-settings", 0)  # inheritable: no MFD_CLOEXEC
+    os.write(fd, settings.to_json())
+    os.lseek(fd, 0, os.SEEK_SET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(  # noqa: S606 - this interpreter, with our own arguments
+        sys.executable,
+        [sys.executable, *_interpreter_options(), "-m", "exporter.run", str(fd)],
+    )
+
+
+def _interpreter_options() -> list[str]:
+    """The options of this interpreter that change how the same code runs (-O, -W, -X, ...)."""
+    flags = sys.flags
+    switches = {
+        "-I": flags.isolated,
+        "-E": flags.ignore_environment,
+        "-s": flags.no_user_site,
+        "-B": flags.dont_write_bytecode,
+        "-P": flags.safe_path,
+    }
+    options = [switch for switch, on in switches.items() if on]
+    options += ["-O"] * flags.optimize
+    options += [f"-W{warning}" for warning in sys.warnoptions]
+    options += [
+        f"-X{name}" if value is True else f"-X{name}={value}"
+        for name, value in sys._xoptions.items()
+    ]
+    return options

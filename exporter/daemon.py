@@ -13,12 +13,12 @@ from typing import Protocol
 
 from exporter import heap
 from exporter.collectors.registry import build_registry
-from exporter.config import AMQP_SCHEMES, REDIS_SCHEMES, Settings, url_scheme
 from exporter.events.source import EventSource, build_event_source
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
 from exporter.inspect import Inspector, InspectStats, load_app_router
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
+from exporter.settings import AMQP_SCHEMES, REDIS_SCHEMES, Settings, url_scheme
 from exporter.state.beat import BeatState
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueState

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from exporter.config import LogFormat, LogLevel
+from exporter.settings import LogFormat, LogLevel
 
 # scheme://user:password@host -> scheme://user:***@host; kombu joins failover URLs with ';'.
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@;\s]*:)[^@/;\s]*(?P<at>@)", re.I)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.scenarios import wait_worker_up
 from tests.services import (
     REPO_ROOT,
     ExporterFactory,
+    ExporterProcess,
     ProducerFactory,
     RedisFactory,
     WorkerFactory,
@@ -82,6 +84,47 @@ def test_broker_down_keeps_serving_and_hides_the_password(
     assert returncode == 0, exporter.stderr()
     assert elapsed < 2.0
     assert PASSWORD not in exporter.stderr()
+
+
+def test_serving_process_keeps_the_pid_and_drops_the_validation(tmp_path: Path) -> None:
+    """Once its settings are valid, ``python -m exporter`` becomes ``python -m exporter.run``
+    under the same pid, with the interpreter options it was given: pydantic is not loaded
+    there, the in-memory settings file is closed, and the settings arrived (it serves on the
+    given port, hides the given password). SIGTERM still ends it with 0."""
+    url = f"redis://user:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    exporter = ExporterProcess(url, tmp_path, "--log-level", "DEBUG")
+    exporter.argv[1:1] = ["-X", "faulthandler"]
+    exporter.start()
+    wait_until(
+        lambda: http_get(exporter.url + "/healthz").status == 200,
+        20,
+        lambda: f"/healthz never answered; stderr:\n{exporter.stderr()}",
+    )
+    proc = Path("/proc", str(exporter.proc.pid))
+    argv = (proc / "cmdline").read_bytes().split(b"\0")[:-1]
+    assert argv[-3:] == [b"-m", b"exporter.run", b"3"], argv
+    assert b"-Xfaulthandler" in argv[1:-3], argv
+    assert "pydantic" not in (proc / "maps").read_text()
+    descriptors = [str(fd.readlink()) for fd in (proc / "fd").iterdir()]
+    assert not [d for d in descriptors if "celery-exporter-settings" in d], descriptors
+    wait_until(lambda: "lost the broker" in exporter.stderr(), 20, exporter.stderr)
+    assert exporter.terminate(timeout=2.0) == 0, exporter.stderr()
+    assert PASSWORD not in exporter.stderr()
+
+
+def test_run_module_alone_refuses_to_start() -> None:
+    """``python -m exporter.run`` without the settings file cli.py hands it says what to run
+    instead and exits 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter.run"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert result.returncode == 2, result
+    assert "run that instead" in result.stderr
 
 
 @pytest.mark.redis

@@ -34,7 +34,8 @@ from packaging.utils import canonicalize_name
 
 from deploy import generate
 from exporter.cli import build_parser
-from exporter.config import ENV_PREFIX, Settings
+from exporter.settings import ENV_PREFIX
+from exporter.settings import options as settings_options
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -161,7 +162,7 @@ def exporter_options(container: Doc) -> dict[str, Any]:
         if env["name"].startswith(ENV_PREFIX) and "value" in env:
             field = env["name"].removeprefix(ENV_PREFIX).lower()
             value: Any = env["value"]
-            if Settings.model_fields[field].annotation is bool:
+            if settings_options()[field].type is bool:
                 value = value.lower() in {"1", "true", "yes", "on"}
             options[field] = value
     try:
@@ -335,7 +336,7 @@ def test_exporter_flags_and_variables_are_real_settings(rendered: dict[str, list
             name = env["name"]
             if name != "CELERY_BROKER_URL":
                 assert name.startswith(ENV_PREFIX), f"{exporter.name}: {name}"
-                assert name.removeprefix(ENV_PREFIX).lower() in Settings.model_fields, name
+                assert name.removeprefix(ENV_PREFIX).lower() in settings_options(), name
         assert exporter.options.get("log_format") == "json", exporter.name
 
 

@@ -12,10 +12,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import Settings
 from exporter.events.decode import decode_body, decode_redis_message
 from exporter.events.model import Dropped, OtherEvent, TaskEvent, WorkerEvent
 from exporter.pipeline import EventPipeline
+from exporter.settings import Settings
 from exporter.state.labels import WorkerFilter
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import env_name, flag_name
-from exporter.config import Settings
 from exporter.metrics.defs import ALL
+from exporter.settings import options
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -31,19 +31,17 @@ def metrics_table() -> str:
 
 def flags_table() -> str:
     rows = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
+    for name, option in options().items():
+        default = option.default()
         if hasattr(default, "get_secret_value"):
             default = default.get_secret_value()
         if isinstance(default, list):
             default = ",".join(f"{v:g}" for v in default)
         shown = "-" if default in (None, {}) else f"`{getattr(default, 'value', default)}`"
         flag = flag_name(name)
-        if field.annotation is bool:
+        if option.type is bool:
             flag = f"{flag}, --no-{flag[2:]}"
-        rows.append(
-            f"| `{flag}` | `{env_name(name)}` | {shown} | {_cell(field.description or '')} |"
-        )
+        rows.append(f"| `{flag}` | `{env_name(name)}` | {shown} | {_cell(option.description)} |")
     return "\n".join(rows)
 
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import __version__
 from exporter.collectors.base import CollectorResults, Isolated
 from exporter.collectors.registry import build_registry
-from exporter.config import Settings
+from exporter.config import load_settings
 from exporter.events.model import TaskEvent, WorkerEvent
 from exporter.events.status import SourceStatus
 from exporter.inspect import Inspector, InspectStats
@@ -59,7 +59,7 @@ class Exporter:
             "task_queue_wait_buckets": "1,10,60",
         }
         values.update(overrides)
-        self.settings = settings = Settings(**values)
+        self.settings = settings = load_settings(values)
         self.clock = Clock(T0)
         self.resolver = QueueResolver()
         tasks = TaskState.from_settings(

@@ -15,7 +15,6 @@ import kombu
 import msgpack
 import pytest
 
-from exporter.config import Settings
 from exporter.events.decode import JSON, MSGPACK, decode_body, decode_redis_message, parse_event
 from exporter.events.model import (
     TASK_TYPES,
@@ -27,6 +26,7 @@ from exporter.events.model import (
     WorkerEvent,
 )
 from exporter.pipeline import EventPipeline
+from exporter.settings import Settings
 from exporter.state.labels import TaskLabels
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
@@ -665,7 +665,7 @@ def test_custom_task_progress_event_needs_no_uuid() -> None:
 
 
 def _pipeline() -> EventPipeline:
-    settings = Settings.model_construct()  # defaults, without reading the environment
+    settings = Settings()  # defaults, without reading the environment
     resolver = QueueResolver()
     tasks = TaskState(
         labels=TaskLabels(settings),

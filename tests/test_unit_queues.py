@@ -28,7 +28,8 @@ from exporter.brokers.rabbitmq_management import (
     split_credentials,
 )
 from exporter.brokers.redis_queues import message_task_id, parse_binding, queue_key
-from exporter.cli import EXIT_CONFIG, ConfigError, main, parse_settings
+from exporter.cli import ConfigError, main, parse_settings
+from exporter.settings import EXIT_CONFIG
 from exporter.state.queues import QueueReading, QueueState
 
 KOMBU_SEP = "\x06\x16"

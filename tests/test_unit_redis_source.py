@@ -15,7 +15,7 @@ import redis
 from celery.events import EventDispatcher
 from kombu import Connection
 
-from exporter.config import Settings
+from exporter.config import load_settings
 from exporter.events import redis_source
 from exporter.events.redis_source import RedisSession
 from exporter.pipeline import EventPipeline
@@ -55,7 +55,7 @@ def _recorded(url: str) -> list[tuple[bytes, bytes]]:
 def _session(url: str) -> tuple[RedisSession, EventPipeline]:
     """A session of ``url``, not started, and the pipeline it feeds."""
     values: dict[str, Any] = {"broker_url": url}
-    settings = Settings(**values)
+    settings = load_settings(values)
     pipeline = EventPipeline(
         tasks=TaskState.from_settings(
             settings, resolver=QueueResolver(), worker_filter=WorkerFilter(None)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from exporter.config import Settings
+from exporter.config import load_settings
 from exporter.events.model import TaskEvent, WorkerEvent
 from exporter.pipeline import EventPipeline
 from exporter.state.labels import WorkerFilter, exception_class
@@ -37,7 +37,7 @@ class Harness:
             "task_queue_wait_buckets": WAIT_BUCKETS,
         }
         values.update(overrides)
-        settings = Settings(**values)
+        settings = load_settings(values)
         self.clock = Clock(T0)
         self.resolver = QueueResolver()
         worker_filter = WorkerFilter(settings.worker_pattern())

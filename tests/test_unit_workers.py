@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.config import Settings
 from exporter.events.model import WorkerEvent
 from exporter.pipeline import EventPipeline
+from exporter.settings import Settings
 from exporter.state.labels import TaskLabels
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
@@ -146,7 +146,7 @@ def test_pipeline_calls_new_worker_and_worker_gone_hooks() -> None:
     resolver = QueueResolver()
     pipeline = EventPipeline(
         tasks=TaskState(
-            labels=TaskLabels(Settings.model_construct()),
+            labels=TaskLabels(Settings()),
             resolver=resolver,
             max_tasks=100,
             ttl=60.0,

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.config import Settings
 from exporter.metrics import defs
 from exporter.pipeline import EventPipeline
+from exporter.settings import Settings
 from exporter.state.beat import BeatState
 
 

@@ -12,11 +12,11 @@ from exporter.collectors.exporter import ExporterCollector
 from exporter.collectors.queues import QueueCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
-from exporter.config import Settings
 from exporter.events.status import SourceStatus
 from exporter.inspect import Inspector
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
+from exporter.settings import Settings
 from exporter.state.beat import BeatState
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver

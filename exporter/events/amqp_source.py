@@ -25,11 +25,11 @@ from typing import Any
 import kombu
 import orjson
 
-from exporter.config import Settings
 from exporter.events.amqp_frames import CLOSE, HEARTBEAT, FrameParser
 from exporter.events.model import DropReason
 from exporter.events.source import Session
 from exporter.logs import redact_url
+from exporter.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import kombu
 
-from exporter.config import AMQP_SCHEMES, Settings, url_scheme
 from exporter.events.status import SourceStatus
 from exporter.logs import redact_url
 from exporter.pipeline import EventPipeline
+from exporter.settings import AMQP_SCHEMES, Settings, url_scheme
 
 log = logging.getLogger(__name__)
 

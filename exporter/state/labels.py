@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from exporter.config import Settings, WorkerLabel
+from exporter.settings import Settings, WorkerLabel
 
 OVERFLOW = "other"
 UNKNOWN = "unknown"

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple, TypeVar
 
-from exporter.config import Settings
 from exporter.events.model import (
     TASK_FAILED,
     TASK_RECEIVED,
@@ -28,6 +27,7 @@ from exporter.events.model import (
     TASK_SUCCEEDED,
     TaskEvent,
 )
+from exporter.settings import Settings
 from exporter.state.bounded import BoundedMap
 from exporter.state.labels import (
     OVERFLOW,

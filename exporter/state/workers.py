@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from exporter.config import Settings
 from exporter.events.model import WORKER_OFFLINE, WorkerEvent
+from exporter.settings import Settings
 
 # Celery's own default heartbeat interval, assumed until a worker states its freq.
 DEFAULT_FREQ = 2.0
