@@ -126,18 +126,24 @@ def test_backlog_is_kept_compressed_and_counted_exactly(
     client.close()
 
 
-@pytest.mark.parametrize("socket_behind", [False, True], ids=["socket-keeping-up", "socket-behind"])
+@pytest.mark.parametrize(
+    ("socket_behind", "raw_max"),
+    [(False, 1 << 40), (True, 1 << 40), (True, 256 * 1024)],
+    ids=["socket-keeping-up", "socket-behind", "socket-behind-raw-capped"],
+)
 def test_reader_compresses_while_the_packer_is_behind(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, socket_behind: bool
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, socket_behind: bool, raw_max: int
 ) -> None:
     """With the packer stuck on a chunk, the reader compresses what it reads once the raw
     bytes waiting for the packer pass the threshold: the backlog holds a fraction of the bytes
     sent. Unless the socket's receive buffer is filling up (here: always taken as behind):
-    then draining it comes first and the backlog is held raw. Either way, once the packer runs
-    again every event is counted exactly."""
+    then draining it comes first and the backlog is held raw, up to RAW_BEHIND_MAX, past which
+    the reader compresses again. Either way, once the packer runs again every event is
+    counted exactly."""
     monkeypatch.setattr(redis_source, "COMPRESS_ABOVE", 64 * 1024)
     monkeypatch.setattr(redis_source, "READ_SIZE", 64 * 1024)
     monkeypatch.setattr(redis_source, "BEHIND_BYTES", 0 if socket_behind else 1 << 40)
+    monkeypatch.setattr(redis_source, "RAW_BEHIND_MAX", raw_max)
     packer_free = threading.Event()
     pack = redis_source._Packed.of
 
@@ -159,7 +165,9 @@ def test_reader_compresses_while_the_packer_is_behind(
             held = _settled(lambda: source.status.buffered_bytes, 20)
         finally:
             packer_free.set()
-        if socket_behind:
+        if raw_max < sent:
+            assert raw_max < held < sent / 3, f"{held} bytes held for {sent} bytes sent"
+        elif socket_behind:
             assert held > sent * 0.9, f"{held} bytes held for {sent} bytes sent"
         else:
             assert 0 < held < sent / 3, f"{held} bytes held for {sent} bytes sent"
