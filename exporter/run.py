@@ -1,7 +1,7 @@
 """``python -m exporter.run FD``: the serving process, started by cli.py with valid settings.
 
-It reads them from the file FD refers to (``Settings.to_json``) and loads nothing of the
-validation: neither pydantic nor the command line parser stay in the daemon's memory.
+It reads them from the file FD refers to (``Settings.to_json``) and imports none of the
+validation (config.py, cli.py), so pydantic never takes a place in the daemon's memory.
 """
 
 from __future__ import annotations
