@@ -26,6 +26,18 @@ PASSWORD = "secret"  # the value no output may contain
 SETTLE_SECONDS = 40.0
 
 
+def _python(*argv: str) -> subprocess.CompletedProcess[str]:
+    """This interpreter run with ``argv`` in the repository, to its end."""
+    return subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("flag", "bad_value", "env"),
     [
@@ -38,14 +50,7 @@ SETTLE_SECONDS = 40.0
 def test_bad_flag_value_exits_2_with_one_line(flag: str, bad_value: str, env: str) -> None:
     """A wrong flag value makes the process exit with code 2 at once, printing exactly one
     line on stderr that names the flag and its environment variable, and nothing on stdout."""
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", flag, bad_value],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO_ROOT,
-        check=False,
-    )
+    result = _python("-m", "exporter", flag, bad_value)
     assert result.returncode == 2, result
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -115,14 +120,7 @@ def test_serving_process_keeps_the_pid_and_drops_the_validation(tmp_path: Path) 
 def test_run_module_alone_refuses_to_start() -> None:
     """``python -m exporter.run`` without the settings file cli.py hands it says what to run
     instead and exits 2."""
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter.run"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO_ROOT,
-        check=False,
-    )
+    result = _python("-m", "exporter.run")
     assert result.returncode == 2, result
     assert "run that instead" in result.stderr
 
