@@ -8,7 +8,6 @@ process that parses the command line loads this module (see cli.py).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import re
@@ -168,15 +167,13 @@ def _field(option: Option) -> tuple[Any, Any]:
     kind = _SECRET_TYPES.get(option.type, option.type)
     if get_origin(kind) in (list, dict):
         kind = Annotated[kind, NoDecode]
-    spec = option.field
     extra: dict[str, Any] = {"description": option.description, **option.checks}
     if option.name in _ALIASES:
         extra["validation_alias"] = _ALIASES[option.name]
-    if spec.default_factory is not dataclasses.MISSING:
-        return kind, Field(default_factory=spec.default_factory, **extra)
-    if isinstance(spec.default, Secret):
-        return kind, Field(default=SecretStr(spec.default.get_secret_value()), **extra)
-    return kind, Field(default=spec.default, **extra)
+    default = option.default()  # pydantic copies a list or dict default for each instance
+    if isinstance(default, Secret):
+        default = SecretStr(default.get_secret_value())
+    return kind, Field(default=default, **extra)
 
 
 _FIELDS: dict[str, Any] = {name: _field(option) for name, option in OPTIONS.items()}
