@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from pydantic_settings.exceptions import SettingsError
 
 from exporter import __version__, logs
-from exporter.config import OPTIONS, load_settings
+from exporter.config import OPTIONS, InvalidCombination, load_settings
 from exporter.settings import ENV_PREFIX, EXIT_CONFIG, Secret, Settings
 
 # Settings whose rejected value may carry a password: their input is never echoed.
@@ -123,7 +123,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         return load_settings(namespace, file_values)
     except ValidationError as err:
         raise ConfigError(describe_error(err)) from err
-    except SettingsError as err:
+    except (InvalidCombination, SettingsError) as err:
         raise ConfigError(f"invalid settings: {err}") from err
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from typing import Annotated, Any, Self, get_origin
+from typing import Annotated, Any, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -21,7 +21,6 @@ from pydantic import (
     ValidationInfo,
     create_model,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -147,11 +146,6 @@ class _Validated(BaseSettings):
             raise ValueError("values must be positive")
         return value
 
-    @model_validator(mode="after")
-    def _check_combinations(self) -> Self:
-        check_combinations(self.settings())
-        return self
-
     def settings(self) -> Settings:
         """The validated values as the daemon holds them."""
         values: dict[str, Any] = {name: getattr(self, name) for name in OPTIONS}
@@ -182,7 +176,8 @@ _MODEL = create_model("Settings", __base__=_Validated, **_FIELDS)
 
 def load_settings(flags: dict[str, Any], file_values: dict[str, Any] | None = None) -> Settings:
     """Flags over environment over config file over defaults; pydantic's ValidationError
-    (or SettingsError, for an unreadable variable) when something is wrong."""
+    for a wrong value (SettingsError for an unreadable variable), InvalidCombination for
+    values wrong together."""
 
     class _Layered(_MODEL):  # type: ignore[misc,valid-type]  # a class built at run time
         @classmethod
@@ -201,37 +196,43 @@ def load_settings(flags: dict[str, Any], file_values: dict[str, Any] | None = No
             )
 
     validated: _Validated = _Layered(**flags)
-    return validated.settings()
+    settings = validated.settings()
+    check_combinations(settings)
+    return settings
+
+
+class InvalidCombination(ValueError):
+    """Settings that are each valid but wrong together."""
 
 
 def check_combinations(settings: Settings) -> None:
-    """Settings that are each valid but wrong together; ValueError naming them."""
+    """Raise InvalidCombination for settings that are each valid but wrong together."""
     _check_web(settings)
     if settings.worker_filter and settings.worker_filter_hostname:
-        raise ValueError("worker_filter and worker_filter_hostname exclude each other")
+        raise InvalidCombination("worker_filter and worker_filter_hostname exclude each other")
     if settings.worker_label is WorkerLabel.GROUP and not settings.worker_label_regex:
-        raise ValueError("worker_label=group needs worker_label_regex")
+        raise InvalidCombination("worker_label=group needs worker_label_regex")
     url_file = settings.broker_url_file
     if url_file is not None and not url_file.is_file():
-        raise ValueError(f"broker_url_file {url_file} is not a readable file")
+        raise InvalidCombination(f"broker_url_file {url_file} is not a readable file")
     scheme = url_scheme(settings.resolved_broker_url())
     if scheme not in SUPPORTED_SCHEMES:
         shown = f"scheme {scheme!r}" if scheme else "without a scheme://"
-        raise ValueError(
+        raise InvalidCombination(
             f"broker_url {shown} is not supported; use one of "
             + ", ".join(sorted(SUPPORTED_SCHEMES))
         )
     if scheme in AMQP_SCHEMES and "ssl_" in urlsplit(settings.resolved_broker_url()).query:
         # kombu hands them to py-amqp as socket-wrapping arguments, which it rejects on
         # every connection attempt: a broker that never connects, far from the cause.
-        raise ValueError(
+        raise InvalidCombination(
             "broker_url: ssl_* URL parameters are for Redis; for amqps give TLS options "
             'as broker_transport_options {"ssl": {"ca_certs": ..., ...}}'
         )
     _check_rabbitmq_management(settings, scheme)
     beat_scheme = url_scheme(settings.resolved_beat_redis_url())
     if settings.beat_redis_sources() and beat_scheme not in REDIS_SCHEMES:
-        raise ValueError(
+        raise InvalidCombination(
             "beat_redis_key and beat_redbeat read Redis: set beat_redis_url "
             "when the broker is not Redis"
         )
@@ -239,12 +240,12 @@ def check_combinations(settings: Settings) -> None:
 
 def _check_web(settings: Settings) -> None:
     if (settings.web_tls_cert_file is None) != (settings.web_tls_key_file is None):
-        raise ValueError("web_tls_cert_file and web_tls_key_file go together")
+        raise InvalidCombination("web_tls_cert_file and web_tls_key_file go together")
     if settings.web_tls_client_ca_file is not None and settings.web_tls_cert_file is None:
-        raise ValueError("web_tls_client_ca_file needs web_tls_cert_file")
+        raise InvalidCombination("web_tls_client_ca_file needs web_tls_cert_file")
     has_password = settings.web_auth_password is not None or settings.web_auth_password_file
     if bool(settings.web_auth_username) != bool(has_password):
-        raise ValueError("web_auth_username and a web_auth_password(_file) go together")
+        raise InvalidCombination("web_auth_username and a web_auth_password(_file) go together")
     for name in (
         "web_tls_cert_file",
         "web_tls_key_file",
@@ -254,16 +255,16 @@ def _check_web(settings: Settings) -> None:
     ):
         path = getattr(settings, name)
         if path is not None and not path.is_file():
-            raise ValueError(f"{name} {path} is not a readable file")
+            raise InvalidCombination(f"{name} {path} is not a readable file")
 
 
 def _check_rabbitmq_management(settings: Settings, broker_scheme: str) -> None:
     if settings.rabbitmq_management_url is None:
         return
     if broker_scheme not in AMQP_SCHEMES:
-        raise ValueError("rabbitmq_management_url needs an amqp:// broker_url")
+        raise InvalidCombination("rabbitmq_management_url needs an amqp:// broker_url")
     if url_scheme(settings.rabbitmq_management_url.get_secret_value()) not in ("http", "https"):
-        raise ValueError("rabbitmq_management_url must be an http:// or https:// URL")
+        raise InvalidCombination("rabbitmq_management_url must be an http:// or https:// URL")
     path = settings.rabbitmq_management_password_file
     if path is not None and not path.is_file():
-        raise ValueError(f"rabbitmq_management_password_file {path} is not a readable file")
+        raise InvalidCombination(f"rabbitmq_management_password_file {path} is not a readable file")
