@@ -394,13 +394,13 @@ def test_fast_rendering_matches_client_python(
 ) -> None:
     """The exporter's own renderer writes exactly what client_python's generate_latest writes
     for the same families (text format and OpenMetrics), hostile label values included, and
-    cutting the page into chunks (here every 7 lines) changes nothing."""
+    cutting the page into chunks (here after every 200 characters) changes nothing."""
     from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 
     from exporter.metrics import family
     from exporter.metrics.family import render
 
-    monkeypatch.setattr(family, "CHUNK_LINES", 7)
+    monkeypatch.setattr(family, "CHUNK_CHARS", 200)
 
     e = fixed_state()
     e.task("received", "hostile", T0, name='a "quoted"\\name\nwith newline', host=W1)
@@ -408,3 +408,50 @@ def test_fast_rendering_matches_client_python(
     expected = (om_latest if openmetrics else generate_latest)(e.registry).decode()
     rendered = render(e.registry.collect(), openmetrics=openmetrics).decode()
     assert normalise(rendered) == normalise(expected)
+
+
+class _EdgeFamilies:
+    """Families whose rows take every path of the renderer: labels sorted before and after
+    "le", none at all, one, hostile values, counts past a million, floats, infinities."""
+
+    def collect(self) -> Iterable[Metric]:
+        from exporter.metrics.family import HistogramFamily, ScalarFamily
+
+        bounds = ["0.5", "1.0", "+Inf"]
+        around = HistogramFamily("celery_test_seconds", "Doc.", ["exception", "task"], bounds)
+        around.add_metric(["KeyError", 'a "b"\\c\nd'], [1, 2, 3], 0.1 + 0.2)
+        around.add_metric(["ValueError", "t"], [999_999, 1, 0], 1e9)
+        around.add_metric(["ValueError", "u"], [0, 0, 0], 0)
+        yield around
+        bare = HistogramFamily("celery_test_bare_seconds", "Doc.", [], bounds)
+        bare.add_metric([], [3, 0, 2_000_000], 12.5)
+        yield bare
+        one = ScalarFamily("celery_test_total", "Doc.", "counter", ["task"])
+        one.add_rows([(["t"], 1_000_000), (['q"uoted'], 2.5), (["n"], 0)])
+        yield one
+        none = ScalarFamily("celery_test_ratio", "Doc.", "gauge", [])
+        none.add_metric([], float("inf"))
+        yield none
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_fast_rendering_edge_cases_match_client_python(openmetrics: bool) -> None:
+    """Rows outside the fixed state's range render as client_python renders them too."""
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+    from exporter.metrics.family import render
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_EdgeFamilies())
+    expected = (om_latest if openmetrics else generate_latest)(registry).decode()
+    assert render(registry.collect(), openmetrics=openmetrics).decode() == expected
+    # The rows really cross a million: Go's formatting switches to an exponent there.
+    assert 'le="+Inf"} 2.000003e+06' in expected and 'le="1.0",task="t"} 1e+06' in expected
+
+
+def test_histogram_refuses_counts_that_do_not_match_its_buckets() -> None:
+    from exporter.metrics.family import HistogramFamily
+
+    family = HistogramFamily("celery_test_seconds", "Doc.", [], ["1.0", "+Inf"])
+    with pytest.raises(ValueError, match="3 counts for 2 buckets"):
+        family.add_metric([], [1, 2, 3], 0.0)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
-from exporter.metrics.family import CHUNK_LINES, ScalarFamily, render, render_chunks
+from exporter.metrics.family import CHUNK_CHARS, ScalarFamily, render, render_chunks
 from tests.certs import Certificates
 
 Check = Callable[[str], Awaitable[None]]
@@ -63,7 +63,8 @@ class _ManySeries(Collector):
 
     def collect(self) -> Iterator[ScalarFamily]:
         family = ScalarFamily("celery_test_total", "A test counter.", "counter", ["task"])
-        for number in range(CHUNK_LINES * 3):
+        # Lines of about 45 characters: five chunks' worth.
+        for number in range(CHUNK_CHARS * 5 // 45):
             family.add_metric([f"tasks.t{number}"], number)
         yield family
 

@@ -14,15 +14,10 @@ from exporter.state.tasks import HistogramSnapshot, Key3, Key4
 
 def _histogram(
     family: HistogramFamily,
-    bounds: Sequence[str],
     series: Mapping[Key3, HistogramSnapshot] | Mapping[Key4, HistogramSnapshot],
 ) -> HistogramFamily:
     for labels, hist in series.items():
-        cumulative, running = [], 0
-        for bound, count in zip(bounds, hist.counts, strict=True):
-            running += count
-            cumulative.append((bound, running))
-        family.add_metric(list(labels), cumulative, hist.total)
+        family.add_metric(labels, hist.counts, hist.total)
     return family
 
 
@@ -65,11 +60,10 @@ class TaskCollector:
             (defs.TASK_TIMEOUTS, snap.timeouts),
         ):
             family = definition.counter()
-            for labels, value in values.items():
-                family.add_metric(list(labels), value)
+            family.add_rows(values.items())
             yield family
-        yield _histogram(defs.TASK_DURATION.histogram(), self._duration_bounds, snap.duration)
-        yield _histogram(defs.TASK_QUEUE_WAIT.histogram(), self._queue_wait_bounds, snap.queue_wait)
+        yield _histogram(defs.TASK_DURATION.histogram(self._duration_bounds), snap.duration)
+        yield _histogram(defs.TASK_QUEUE_WAIT.histogram(self._queue_wait_bounds), snap.queue_wait)
         running: dict[tuple[str, str], int] = {}
         oldest: dict[tuple[str, str], float] = {}
         for task in snap.running:
@@ -79,8 +73,8 @@ class TaskCollector:
         count_family = defs.TASK_RUNNING.gauge()
         age_family = defs.TASK_OLDEST_RUNNING_AGE.gauge()
         for key, count in running.items():
-            count_family.add_metric(list(key), count)
-            age_family.add_metric(list(key), max(0.0, now - oldest[key]))
+            count_family.add_metric(key, count)
+            age_family.add_metric(key, max(0.0, now - oldest[key]))
         yield count_family
         yield age_family
         # One SLA series per task seen, so rules compare `on(task)` without a default clause.

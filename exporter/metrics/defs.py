@@ -30,9 +30,9 @@ class MetricDef:
         assert self.kind == "gauge"
         return ScalarFamily(self.name, self.help, "gauge", self.labels)
 
-    def histogram(self) -> HistogramFamily:
+    def histogram(self, bounds: Sequence[str]) -> HistogramFamily:
         assert self.kind == "histogram"
-        return HistogramFamily(self.name, self.help, self.labels)
+        return HistogramFamily(self.name, self.help, self.labels, bounds)
 
 
 TASK = ("task", "queue", "worker")

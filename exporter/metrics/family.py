@@ -12,7 +12,9 @@ checks that both render the same bytes.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate
+from operator import itemgetter
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
@@ -21,9 +23,9 @@ from prometheus_client.utils import floatToGoString
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _DIRECT_INT_LIMIT = 1_000_000  # below it an integer prints as "<n>.0", as Go's formatting does
-# Lines per chunk of a streamed exposition: ~100-300 KB, so a 30k-series page never exists whole
-# in memory (as a list of lines, a str and bytes it would cost several times its 4 MB).
-CHUNK_LINES = 2048
+# Characters per chunk of a streamed exposition, so a 30k-series page never exists whole in
+# memory (as a list of lines, a str and bytes it would cost several times its 4 MB).
+CHUNK_CHARS = 256 * 1024
 
 
 def format_value(value: float) -> str:
@@ -34,8 +36,12 @@ def format_value(value: float) -> str:
     return text
 
 
+def _needs_escape(value: str) -> bool:
+    return "\\" in value or '"' in value or "\n" in value
+
+
 def _escape_value(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
+    if _needs_escape(value):
         return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return value
 
@@ -51,11 +57,23 @@ class _Family(Metric):
         self.unit = ""
         self._labelnames = tuple(labels)
         # client_python writes labels sorted by name.
-        self._order = sorted(range(len(self._labelnames)), key=self._labelnames.__getitem__)
+        order = sorted(range(len(labels)), key=self._labelnames.__getitem__)
+        self._written = [self._labelnames[i] for i in order]
+        self._pick: Callable[[Sequence[str]], tuple[str, ...]] = (
+            itemgetter(*order) if len(order) > 1 else lambda values: tuple(values[i] for i in order)
+        )
 
-    def _labelstr(self, values: Sequence[str]) -> str:
-        names = self._labelnames
-        return ",".join(f'{names[i]}="{_escape_value(values[i])}"' for i in self._order)
+    def _values(self, labels: Sequence[str]) -> tuple[str, ...]:
+        """A row's label values in written order, escaped."""
+        values = self._pick(labels)
+        if _needs_escape("".join(values)):
+            return tuple(map(_escape_value, values))
+        return values
+
+    @staticmethod
+    def _template(names: Sequence[str]) -> str:
+        """``a="%s",b="%s"``: a row's labels then take one formatting call, not one per label."""
+        return ",".join(f'{name}="%s"' for name in names)
 
     def header(self, *, openmetrics: bool) -> str:
         doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
@@ -66,7 +84,8 @@ class _Family(Metric):
             name = f"{self.name}_total" if self.type == "counter" else self.name
         return f"# HELP {name} {doc}\n# TYPE {name} {self.type}\n"
 
-    def lines(self) -> Iterator[str]:
+    def blocks(self) -> Iterator[str]:
+        """The family's sample lines, in pieces of one or more whole lines."""
         raise NotImplementedError
 
 
@@ -80,6 +99,10 @@ class ScalarFamily(_Family):
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         self._rows.append((labels, value))
 
+    def add_rows(self, rows: Iterable[tuple[Sequence[str], float]]) -> None:
+        """Many (labels, value) rows at once, as a mapping's ``items()`` gives them."""
+        self._rows += rows
+
     @property
     def samples(self) -> list[Sample]:  # type: ignore[override]  # Metric's attribute, derived
         name = f"{self.name}_total" if self.type == "counter" else self.name
@@ -88,71 +111,103 @@ class ScalarFamily(_Family):
             for labels, value in self._rows
         ]
 
-    def lines(self) -> Iterator[str]:
+    def blocks(self) -> Iterator[str]:
         name = f"{self.name}_total" if self.type == "counter" else self.name
         if not self._labelnames:
-            return (f"{name} {format_value(value)}\n" for _, value in self._rows)
-        labelstr = self._labelstr
-        return (
-            f"{name}{{{labelstr(labels)}}} {format_value(value)}\n" for labels, value in self._rows
-        )
+            yield from (f"{name} {format_value(value)}\n" for _, value in self._rows)
+            return
+        line = f"{name}{{{self._template(self._written)}}} %s\n"
+        values = self._values
+        for labels, value in self._rows:
+            yield line % (*values(labels), format_value(value))
 
 
 class HistogramFamily(_Family):
-    """Cumulative buckets, a sum and a count per label set."""
+    """Buckets, a sum and a count per label set."""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        super().__init__(name, documentation, "histogram", labels)
-        self._rows: list[tuple[Sequence[str], Sequence[tuple[str, float]], float]] = []
-        # Where "le" falls among the sorted label names of a bucket sample.
-        self._le_at = sum(1 for name in self._labelnames if name < "le")
-
-    def add_metric(
-        self, labels: Sequence[str], buckets: Sequence[tuple[str, float]], sum_value: float
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], bounds: Sequence[str]
     ) -> None:
-        """``buckets``: (upper bound as text, cumulative count), ending with "+Inf"."""
-        self._rows.append((labels, buckets, sum_value))
+        """``bounds``: the buckets' upper bounds as written ("0.005"), ending with "+Inf"."""
+        super().__init__(name, documentation, "histogram", labels)
+        self._bounds = tuple(bounds)
+        self._rows: list[tuple[Sequence[str], Sequence[int], float]] = []
+
+    def add_metric(self, labels: Sequence[str], counts: Sequence[int], sum_value: float) -> None:
+        """``counts``: observations in each bucket alone (not cumulative), one per bound."""
+        if len(counts) != len(self._bounds):
+            raise ValueError(f"{self.name}: {len(counts)} counts for {len(self._bounds)} buckets")
+        self._rows.append((labels, counts, sum_value))
 
     @property
     def samples(self) -> list[Sample]:  # type: ignore[override]  # Metric's attribute, derived
         samples: list[Sample] = []
-        for labels, buckets, total in self._rows:
+        for labels, counts, total in self._rows:
             base = dict(zip(self._labelnames, labels, strict=True))
+            cumulative = list(accumulate(counts))
             samples += [
                 Sample(f"{self.name}_bucket", {**base, "le": bound}, float(count))
-                for bound, count in buckets
+                for bound, count in zip(self._bounds, cumulative, strict=True)
             ]
-            samples.append(Sample(f"{self.name}_count", base, float(buckets[-1][1])))
+            samples.append(Sample(f"{self.name}_count", base, float(cumulative[-1])))
             samples.append(Sample(f"{self.name}_sum", base, float(total)))
         return samples
 
-    def lines(self) -> Iterator[str]:
-        name, names, order, le_at = self.name, self._labelnames, self._order, self._le_at
-        for labels, buckets, total in self._rows:
-            pairs = [f'{names[i]}="{_escape_value(labels[i])}"' for i in order]
-            before = ",".join(pairs[:le_at]) + "," if le_at else ""
-            after = "," + ",".join(pairs[le_at:]) if le_at < len(pairs) else ""
-            plain = "{" + ",".join(pairs) + "}" if pairs else ""
-            bucket = f"{name}_bucket{{{before}le="
-            yield from [
-                f'{bucket}"{bound}"{after}}} {format_value(count)}\n' for bound, count in buckets
-            ]
-            yield f"{name}_count{plain} {format_value(buckets[-1][1])}\n"
-            yield f"{name}_sum{plain} {format_value(total)}\n"
+    def _skeleton(self, before: str, suffix: str) -> list[str]:
+        """A row's lines with the slots left empty: [head, labels, count] per bucket, then
+        the count and sum lines with [labels, value] each. ``suffix`` ends every bucket count
+        (".0" when they all are small integers, which then print as repr() does)."""
+        pieces: list[str] = []
+        for index, bound in enumerate(self._bounds):
+            end = f"{suffix}\n" if index else ""
+            pieces += [f'{end}{self.name}_bucket{{{before}le="{bound}"', "", ""]
+        pieces += [f"{suffix}\n{self.name}_count", "", " ", "", f"\n{self.name}_sum", "", " ", ""]
+        pieces.append("\n")
+        return pieces
+
+    def blocks(self) -> Iterator[str]:
+        """One block per label set. A row's 20-odd bucket lines differ only in bound and count,
+        so they are filled into a skeleton and joined at once: under half the time of
+        formatting them line by line, which was most of a 30k-series scrape."""
+        written, buckets = self._written, len(self._bounds)
+        # Labels sorting before "le" go before it on bucket lines.
+        split = sum(1 for name in written if name < "le")
+        before = "".join(f'{name}="%s",' for name in written[:split])
+        after = "".join(f',{name}="%s"' for name in written[split:]) + "} "
+        plain = "{" + self._template(written) + "}" if written else ""
+        skeletons: dict[tuple[str, bool], list[str]] = {}
+        for labels, counts, total in self._rows:
+            values = self._values(labels)
+            head = before % values[:split]
+            cumulative = list(accumulate(counts))
+            count = cumulative[-1]
+            # Counts never fall, so every bucket prints as "<n>.0" when the total does.
+            small = type(count) is int and count < _DIRECT_INT_LIMIT
+            skeleton = skeletons.get((head, small))
+            if skeleton is None:
+                skeleton = skeletons[head, small] = self._skeleton(head, ".0" if small else "")
+            skeleton[1 : 3 * buckets : 3] = [after % values[split:]] * buckets
+            skeleton[2 : 3 * buckets : 3] = map(repr if small else format_value, cumulative)
+            row = plain % values
+            skeleton[-8::2] = (row, format_value(count), row, format_value(total))
+            yield "".join(skeleton)
 
 
 def render_chunks(families: Iterable[Metric], *, openmetrics: bool) -> Iterator[bytes]:
     """The exposition of ``families`` in the text format, or OpenMetrics, in pieces."""
     parts: list[str] = []
+    size = 0
     for family in families:
         if not isinstance(family, _Family):
             raise TypeError(f"{family.name} is not a fast family (see metrics/defs.py)")
         parts.append(family.header(openmetrics=openmetrics))
-        for line in family.lines():
-            parts.append(line)
-            if len(parts) >= CHUNK_LINES:
+        for block in family.blocks():
+            parts.append(block)
+            size += len(block)
+            if size >= CHUNK_CHARS:
                 yield "".join(parts).encode()
                 parts.clear()
+                size = 0
     if openmetrics:
         parts.append("# EOF\n")
     if parts:
