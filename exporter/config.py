@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from pathlib import Path
 from typing import Annotated, Any, get_origin
 from urllib.parse import urlsplit
 
@@ -45,6 +46,8 @@ from exporter.settings import (
 )
 
 OPTIONS = options()
+# Every path option names a file the daemon reads (a secret, a certificate, a URL).
+_FILES = tuple(name for name, option in OPTIONS.items() if option.type == Path | None)
 _ALIASES = {"broker_url": AliasChoices(f"{ENV_PREFIX}BROKER_URL", "CELERY_BROKER_URL")}
 _SECRET_TYPES: dict[Any, Any] = {Secret: SecretStr, Secret | None: SecretStr | None}
 
@@ -202,27 +205,29 @@ def load_settings(flags: dict[str, Any], file_values: dict[str, Any] | None = No
 
 
 class InvalidCombination(ValueError):
-    """Settings that are each valid but wrong together."""
+    """Settings that are each valid but wrong together, or name a file that is not there."""
 
 
 def check_combinations(settings: Settings) -> None:
     """Raise InvalidCombination for settings that are each valid but wrong together."""
+    for name in _FILES:
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise InvalidCombination(f"{name} {path} is not a readable file")
     _check_web(settings)
     if settings.worker_filter and settings.worker_filter_hostname:
         raise InvalidCombination("worker_filter and worker_filter_hostname exclude each other")
     if settings.worker_label is WorkerLabel.GROUP and not settings.worker_label_regex:
         raise InvalidCombination("worker_label=group needs worker_label_regex")
-    url_file = settings.broker_url_file
-    if url_file is not None and not url_file.is_file():
-        raise InvalidCombination(f"broker_url_file {url_file} is not a readable file")
-    scheme = url_scheme(settings.resolved_broker_url())
+    url = settings.resolved_broker_url()
+    scheme = url_scheme(url)
     if scheme not in SUPPORTED_SCHEMES:
         shown = f"scheme {scheme!r}" if scheme else "without a scheme://"
         raise InvalidCombination(
             f"broker_url {shown} is not supported; use one of "
             + ", ".join(sorted(SUPPORTED_SCHEMES))
         )
-    if scheme in AMQP_SCHEMES and "ssl_" in urlsplit(settings.resolved_broker_url()).query:
+    if scheme in AMQP_SCHEMES and "ssl_" in urlsplit(url).query:
         # kombu hands them to py-amqp as socket-wrapping arguments, which it rejects on
         # every connection attempt: a broker that never connects, far from the cause.
         raise InvalidCombination(
@@ -246,16 +251,6 @@ def _check_web(settings: Settings) -> None:
     has_password = settings.web_auth_password is not None or settings.web_auth_password_file
     if bool(settings.web_auth_username) != bool(has_password):
         raise InvalidCombination("web_auth_username and a web_auth_password(_file) go together")
-    for name in (
-        "web_tls_cert_file",
-        "web_tls_key_file",
-        "web_tls_client_ca_file",
-        "web_auth_password_file",
-        "web_auth_bearer_token_file",
-    ):
-        path = getattr(settings, name)
-        if path is not None and not path.is_file():
-            raise InvalidCombination(f"{name} {path} is not a readable file")
 
 
 def _check_rabbitmq_management(settings: Settings, broker_scheme: str) -> None:
@@ -265,6 +260,3 @@ def _check_rabbitmq_management(settings: Settings, broker_scheme: str) -> None:
         raise InvalidCombination("rabbitmq_management_url needs an amqp:// broker_url")
     if url_scheme(settings.rabbitmq_management_url.get_secret_value()) not in ("http", "https"):
         raise InvalidCombination("rabbitmq_management_url must be an http:// or https:// URL")
-    path = settings.rabbitmq_management_password_file
-    if path is not None and not path.is_file():
-        raise InvalidCombination(f"rabbitmq_management_password_file {path} is not a readable file")

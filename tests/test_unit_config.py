@@ -301,6 +301,27 @@ def test_main_broker_url_file_error_has_no_password(
     )
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "broker_url_file",
+        "web_tls_cert_file",
+        "web_tls_key_file",
+        "web_tls_client_ca_file",
+        "web_auth_password_file",
+        "web_auth_bearer_token_file",
+        "rabbitmq_management_password_file",
+    ],
+)
+def test_every_path_option_must_name_a_file(tmp_path: Path, name: str) -> None:
+    """Each option naming a file is refused when the file is not there, before any check
+    that pairs it with another option."""
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError) as caught:
+        parse_settings([f"--{name.replace('_', '-')}", str(missing)])
+    assert str(caught.value) == f"invalid settings: {name} {missing} is not a readable file"
+
+
 def test_main_missing_broker_url_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A --broker-url-file that does not exist is one clear line, exit 2."""
     missing = tmp_path / "nope"
