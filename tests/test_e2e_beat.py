@@ -337,7 +337,7 @@ def test_redbeat_lock_and_schedule_follow_beat(
     redbeat heartbeat series go, while the schedule stays in Redis, now overdue. Beat
     restarted: it takes the lock again and up is 1."""
     if importlib.util.find_spec("redbeat") is None:
-        pytest.fail("celery-redbeat is not installed: pip install -e '.[test]'", pytrace=False)
+        pytest.fail("celery-redbeat is not installed: scripts/setup.sh test", pytrace=False)
     server = redis_factory()
     exp = exporter_factory(
         server.url,

@@ -32,8 +32,9 @@ LARGE_EVERY = 500  # every so often an event larger than a parser slice (FEED_BY
 
 def _recorded(url: str) -> list[tuple[bytes, bytes]]:
     """Task-started events as Celery's dispatcher publishes them: (channel, message) pairs."""
-    client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    # Any: redis-py types pubsub() from 8.2 on only; the range allows 6.1 and later.
+    client: Any = redis.Redis.from_url(url)
+    pubsub = client.pubsub()
     pubsub.psubscribe("*celeryev*")
     recorded: list[tuple[bytes, bytes]] = []
     with Connection(url) as conn:  # type: ignore[no-untyped-call]  # kombu is untyped
