@@ -168,13 +168,15 @@ class EventPipeline:
             self._drop(Dropped(DropReason.MALFORMED_ENVELOPE, detail))
 
     def sweep(self) -> None:
-        """Periodic upkeep: release overdue held events, expire idle ids, retire workers."""
+        """Periodic upkeep: release overdue held events, expire idle ids, retire workers and
+        the task series of workers and queues gone."""
         now = self._clock()
         with self.lock:
             self.tasks.sweep(now)
             gone = self.workers.sweep(now)
             for hostname in gone:
                 self.tasks.forget_running(hostname)
+            self.tasks.expire_labels(now, self.workers.knows)
         if self._on_worker_gone is not None:
             for hostname in gone:
                 self._on_worker_gone(hostname)

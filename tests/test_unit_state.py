@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -661,3 +662,153 @@ def test_worker_filter_counts_only_matching_workers_and_no_task_sent() -> None:
     assert snap.started == {(ADD, "default", W1): 1}
     assert snap.succeeded == {(ADD, "default", W1): 1}
     assert [w.hostname for w in h.pipeline.worker_snapshot()[1]] == [W1]
+
+
+# --- churn: worker and queue values leave again ---
+
+
+def _pod(h: Harness, number: int, at: float, *, tasks: int = 5, queue: str = "celery") -> str:
+    """A pod's worker comes online, runs ``tasks`` tasks and goes offline, at our time ``at``."""
+    host = f"celery@pod-{number}"
+    h.clock.now = at
+    h.pipeline.apply([WorkerEvent("worker-online", host, at, 2.0, 0, 0, 0.0)])
+    for n in range(tasks):
+        uuid = f"{number}-{n}"
+        h.task("sent", uuid, at, host="gen@producer", name=f"app.tasks.t{n}", queue=queue)
+        h.task("received", uuid, at, host=host, name=f"app.tasks.t{n}")
+        h.task("started", uuid, at, host=host)
+        h.task("succeeded", uuid, at, host=host, runtime=0.1)
+    h.pipeline.apply([WorkerEvent("worker-offline", host, at)])
+    return host
+
+
+def _workers_in(snap: TaskSnapshot) -> set[str]:
+    return {key[2] for key in (*snap.received, *snap.succeeded, *snap.duration)}
+
+
+def test_worker_series_leave_after_retention_and_free_their_slot() -> None:
+    """3,000 pods one after another, max_workers 10: every pod is exported under its own name,
+    and once a pod's retention has passed none of its series is left."""
+    h = Harness(max_workers=10, worker_retention_seconds=3.0)
+    for number in range(3000):
+        host = _pod(h, number, T0 + number * 2.0)
+        h.pipeline.sweep()
+        snap = h.snap()
+        # The pod that just left is retained; the one before it went 2 s ago, within 3 s.
+        assert _workers_in(snap) == {host} | ({f"celery@pod-{number - 1}"} if number else set())
+    assert snap.succeeded[("app.tasks.t0", "celery", "celery@pod-2999")] == 1
+    assert h.pipeline.stats().label_overflows["worker"] == 0
+    h.clock.now += 3.1
+    h.pipeline.sweep()
+    snap = h.snap()
+    assert (snap.received, snap.started, snap.succeeded, snap.duration, snap.queue_wait) == (
+        {}, {}, {}, {}, {}
+    )  # fmt: skip
+    assert snap.sent == {(f"app.tasks.t{n}", "celery"): 3000 for n in range(5)}
+    assert h.pipeline.tasks.labels.worker.alive == 0
+
+
+def test_other_only_while_more_workers_alive_than_the_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three live workers with max_workers 2: the third folds into 'other', with one log line;
+    once the first two are released, a new worker takes its own name again."""
+    h = Harness(max_workers=2, worker_retention_seconds=5.0)
+    for host in ("celery@a", "celery@b", "celery@c"):
+        h.pipeline.apply([WorkerEvent("worker-online", host, T0, 2.0, 0, 0, 0.0)])
+    with caplog.at_level(logging.WARNING, logger="exporter.state.labels"):
+        for uuid, host in (
+            ("1", "celery@a"),
+            ("2", "celery@b"),
+            ("3", "celery@c"),
+            ("4", "celery@c"),
+        ):
+            h.task("received", uuid, T0, host=host, name=ADD)
+    assert h.snap().received == {
+        (ADD, "unknown", "celery@a"): 1,
+        (ADD, "unknown", "celery@b"): 1,
+        (ADD, "unknown", "other"): 2,
+    }
+    assert h.pipeline.stats().label_overflows["worker"] == 2
+    assert len([r for r in caplog.records if "label values alive at once" in r.message]) == 1
+    # a and b leave; c (and with it 'other') lives on through its task events (the worker
+    # state, limited to two workers as well, does not track it).
+    for host in ("celery@a", "celery@b"):
+        h.pipeline.apply([WorkerEvent("worker-offline", host, T0)])
+    h.clock.now = T0 + 5.5
+    h.task("started", "4", T0 + 5.5, host="celery@c")
+    h.pipeline.sweep()
+    assert h.snap().received == {(ADD, "unknown", "other"): 2}
+    h.task("received", "5", T0 + 6, host="celery@d", name=ADD)
+    h.task("received", "6", T0 + 6, host="celery@c", name=ADD)
+    assert h.snap().received == {(ADD, "unknown", "other"): 3, (ADD, "unknown", "celery@d"): 1}
+
+
+def test_worker_value_lives_while_any_worker_mapped_to_it_does() -> None:
+    """--worker-label host: two nodenames share a value; it stays until both are gone."""
+    h = Harness(worker_label="host", worker_retention_seconds=5.0)
+    for uuid, host in (("1", "celery@node"), ("2", "other@node")):
+        h.pipeline.apply([WorkerEvent("worker-online", host, T0, 2.0, 0, 0, 0.0)])
+        h.task("received", uuid, T0, host=host, name=ADD)
+    h.pipeline.apply([WorkerEvent("worker-offline", "celery@node", T0)])
+    h.clock.now = T0 + 5.5
+    h.pipeline.apply([WorkerEvent("worker-heartbeat", "other@node", T0 + 5.5, 2.0, 0, 1, 0.0)])
+    h.pipeline.sweep()
+    assert h.snap().received == {(ADD, "unknown", "node"): 2}
+    h.pipeline.apply([WorkerEvent("worker-offline", "other@node", T0 + 5.5)])
+    h.clock.now = T0 + 11
+    h.pipeline.sweep()
+    assert h.snap().received == {}
+
+
+def test_worker_never_heard_beating_leaves_after_its_last_task_event() -> None:
+    """A nodename known only from task events is released a retention after its last one."""
+    h = Harness(worker_retention_seconds=5.0)
+    h.task("received", "1", T0, host="celery@silent", name=ADD)
+    h.clock.now = T0 + 4
+    h.task("started", "1", T0 + 4, host="celery@silent")
+    h.clock.now = T0 + 8
+    h.pipeline.sweep()
+    assert h.snap().started == {(ADD, "unknown", "celery@silent"): 1}
+    h.task("succeeded", "1", T0 + 8, host="celery@silent", runtime=4.0)
+    h.clock.now = T0 + 13.5
+    h.pipeline.sweep()
+    assert (h.snap().received, h.snap().started, h.snap().succeeded) == ({}, {}, {})
+
+
+def test_queue_series_leave_after_queue_forget_unless_configured() -> None:
+    """Per-tenant queues: each leaves task series and the limiter after queue_forget_seconds;
+    a configured queue stays; a queue with a task still running stays."""
+    h = Harness(
+        max_queues=3, queue_forget_seconds=60.0, queues=["fixed"], worker_retention_seconds=1e6
+    )
+    for number in range(50):
+        queue = f"tenant-{number}"
+        _pod(h, 0, T0 + number * 100.0, tasks=1, queue=queue)
+        h.task("sent", f"f{number}", T0 + number * 100.0, host="gen@p", name=ADD, queue="fixed")
+        h.pipeline.sweep()
+        assert {queue for _task, queue in h.snap().sent} == {queue, "fixed"}
+    assert h.pipeline.stats().label_overflows["queue"] == 0
+    assert h.snap().succeeded == {("app.tasks.t0", "tenant-49", "celery@pod-0"): 1}
+    # A task still running keeps its queue past the forget time.
+    h.task("sent", "long", T0 + 5000, host="gen@p", name=ADD, queue="long")
+    h.task("received", "long", T0 + 5000, host=W1, name=ADD)
+    h.task("started", "long", T0 + 5000, host=W1)
+    h.clock.now = T0 + 9000
+    h.pipeline.sweep()
+    assert set(h.snap().sent) == {(ADD, "fixed"), (ADD, "long")}
+    h.task("succeeded", "long", T0 + 9000, host=W1, runtime=4000.0)
+    assert h.snap().succeeded == {(ADD, "long", W1): 1}
+
+
+def test_released_queue_comes_back_through_the_limit() -> None:
+    """A task whose queue was released meanwhile counts under it again, admitted anew."""
+    h = Harness(queue_forget_seconds=60.0)
+    h.task("sent", "1", T0, host="gen@p", name=ADD, queue="q")
+    h.task("received", "1", T0, host=W1, name=ADD)
+    h.clock.now = T0 + 61
+    h.pipeline.sweep()
+    assert h.snap().sent == {}
+    h.task("started", "1", T0 + 61, host=W1)
+    assert h.snap().started == {(ADD, "q", W1): 1}
+    assert h.pipeline.tasks.labels.queue.alive == 1

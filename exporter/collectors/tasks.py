@@ -64,7 +64,9 @@ class TaskCollector:
             yield family
         yield _histogram(defs.TASK_DURATION.histogram(self._duration_bounds), snap.duration)
         yield _histogram(defs.TASK_QUEUE_WAIT.histogram(self._queue_wait_bounds), snap.queue_wait)
-        running: dict[tuple[str, str], int] = {}
+        # 0 rather than absent for every task and queue that ran here, until their series go:
+        # a panel then says 0 when nothing runs, not "No data".
+        running = dict.fromkeys([(task, queue) for task, queue, _worker in snap.started], 0)
         oldest: dict[tuple[str, str], float] = {}
         for task in snap.running:
             key = (task.task, task.queue)
@@ -74,7 +76,7 @@ class TaskCollector:
         age_family = defs.TASK_OLDEST_RUNNING_AGE.gauge()
         for key, count in running.items():
             count_family.add_metric(key, count)
-            age_family.add_metric(key, max(0.0, now - oldest[key]))
+            age_family.add_metric(key, max(0.0, now - oldest[key]) if key in oldest else 0.0)
         yield count_family
         yield age_family
         # One SLA series per task seen, so rules compare `on(task)` without a default clause.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
 from exporter.settings import Settings, WorkerLabel
+
+log = logging.getLogger(__name__)
 
 OVERFLOW = "other"
 UNKNOWN = "unknown"
@@ -85,34 +88,119 @@ class WorkerFilter:
         return matched
 
 
+class LiveLabels:
+    """Label values that come and go (workers, queues): at most ``limit`` alive at once.
+
+    A value is held by the raw names mapped to it (nodenames for ``worker``, the queue itself
+    for ``queue``) and lives while one of them was used lately; ``expire`` releases the rest
+    and returns the values no name holds any more, whose series the caller removes, freeing
+    their slots. Past the limit new names fold into ``other`` until slots free up, and keep it
+    until they are released themselves, so their counters never split.
+    """
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        limit: int,
+        max_length: int,
+        value_of: Callable[[str], str] = str,
+    ) -> None:
+        self._label = label
+        self._limit = limit
+        self._max_length = max_length
+        self._value_of = value_of
+        self._value: dict[str, str] = {}  # raw name -> its value
+        self._used: dict[str, float] = {}  # raw name -> last use, our clock
+        self._holders: dict[str, int] = {}  # value -> raw names mapped to it
+        self._limited = 0  # values in _holders that count against the limit
+        self._overflowing = False
+        self.overflow = 0
+
+    def __call__(self, raw: str, now: float) -> str:
+        value = self._value.get(raw)
+        if value is None:
+            value = self._admit(raw)
+        self._used[raw] = now
+        if value is OVERFLOW and raw != OVERFLOW:
+            self.overflow += 1
+        return value
+
+    def _admit(self, raw: str) -> str:
+        value = self._value_of(raw)[: self._max_length]
+        held = self._holders.get(value)
+        if held is None:
+            if value in (OVERFLOW, UNKNOWN):
+                value = OVERFLOW if value == OVERFLOW else UNKNOWN
+            elif self._limited >= self._limit:
+                value = OVERFLOW
+                if not self._overflowing:
+                    self._overflowing = True
+                    log.warning(
+                        "more than %d %s label values alive at once: new ones are exported "
+                        "as 'other' until older ones are released "
+                        "(celery_exporter_label_overflow_total{label=%r})",
+                        self._limit,
+                        self._label,
+                        self._label,
+                    )
+            else:
+                self._limited += 1
+            held = self._holders.get(value, 0)
+        self._holders[value] = held + 1
+        self._value[raw] = value
+        return value
+
+    def expire(self, before: float, keep: Callable[[str], bool]) -> set[str]:
+        """Release names last used before ``before`` (unless ``keep``); return freed values."""
+        freed: set[str] = set()
+        stale = [raw for raw, used in self._used.items() if used < before and not keep(raw)]
+        for raw in stale:
+            del self._used[raw]
+            value = self._value.pop(raw)
+            held = self._holders[value] - 1
+            if held:
+                self._holders[value] = held
+                continue
+            del self._holders[value]
+            freed.add(value)
+            if value not in (OVERFLOW, UNKNOWN):
+                self._limited -= 1
+        if self._overflowing and self._limited < self._limit:
+            self._overflowing = False
+            log.info("%s label values back under the limit of %d", self._label, self._limit)
+        return freed
+
+    @property
+    def alive(self) -> int:
+        """Distinct values alive, ``other`` and ``unknown`` included."""
+        return len(self._holders)
+
+
 class TaskLabels:
-    """Every label value task metrics use, each through its limiter, worker values cached."""
+    """Every label value task metrics use, each through its limiter.
+
+    Task names and exception classes do not churn: admitted once, they stay. Workers and
+    queues come and go, and leave again (LiveLabels).
+    """
 
     def __init__(self, settings: Settings) -> None:
         length = settings.max_label_length
         self.task = LabelLimiter(limit=settings.max_task_names, max_length=length)
-        self.queue = LabelLimiter(limit=settings.max_queues, max_length=length)
-        self._worker_limiter = LabelLimiter(limit=settings.max_workers, max_length=length)
         self.exception = LabelLimiter(limit=settings.max_exception_types, max_length=length)
-        self._worker_of = worker_label_function(settings)
-        self._worker_cache: dict[str, str] = {}
-
-    def worker(self, nodename: str) -> str:
-        value = self._worker_cache.get(nodename)
-        if value is None:
-            value = self._worker_limiter(self._worker_of(nodename))
-            if len(self._worker_cache) >= _WORKER_CACHE_SIZE:
-                # Autoscaled pods bring new nodenames forever; recomputing is cheap.
-                self._worker_cache.clear()
-            if value != OVERFLOW:
-                self._worker_cache[nodename] = value
-        return value
+        self.queue = LiveLabels(label="queue", limit=settings.max_queues, max_length=length)
+        self.worker = LiveLabels(
+            label="worker",
+            limit=settings.max_workers,
+            max_length=length,
+            value_of=worker_label_function(settings),
+        )
 
     def overflows(self) -> dict[str, int]:
         """Values folded into ``other``, by label name."""
         return {
             "task": self.task.overflow,
             "queue": self.queue.overflow,
-            "worker": self._worker_limiter.overflow,
+            "worker": self.worker.overflow,
             "exception": self.exception.overflow,
         }

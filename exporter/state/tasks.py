@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from exporter.events.model import (
     TASK_FAILED,
@@ -160,6 +160,9 @@ class TaskState:
         queue_wait_buckets: Sequence[float],
         watched: frozenset[str] = frozenset(),
         worker_filter: WorkerFilter | None = None,
+        worker_retention: float = 3600.0,
+        queue_forget: float = 900.0,
+        configured_queues: frozenset[str] = frozenset(),
     ) -> None:
         self.labels = labels
         self._resolver = resolver
@@ -200,6 +203,9 @@ class TaskState:
             TASK_REJECTED: self.rejected,
             TASK_REVOKED: self.revoked,
         }
+        self._worker_retention = worker_retention
+        self._queue_forget = queue_forget
+        self._configured_queues = configured_queues
 
     @classmethod
     def from_settings(
@@ -218,6 +224,9 @@ class TaskState:
                 [*settings.periodic_tasks, *filter(None, [settings.beat_heartbeat_task])]
             ),
             worker_filter=worker_filter,
+            worker_retention=settings.worker_retention_seconds,
+            queue_forget=settings.queue_forget_seconds,
+            configured_queues=frozenset(settings.queues),
         )
 
     # --- events ---
@@ -250,12 +259,12 @@ class TaskState:
             if event.name in self._watched:
                 self._seen(event.name, event.timestamp)
         if event.queue:
-            record.queue = self.labels.queue(event.queue)
+            record.queue = self.labels.queue(event.queue, now)
         attempt = record.next_attempt if event.retries is None else event.retries
         if attempt >= record.next_attempt:
             # task-sent says when the attempt entered the queue, better than task-received.
             self._attempts(record)[attempt] = (event.timestamp, parse_eta(event.eta), True)
-        key = (record.label or UNKNOWN, record.queue or UNKNOWN)
+        key = (record.label or UNKNOWN, record.queue or self.labels.queue(UNKNOWN, now))
         if not self._counts.active:
             self.sent[key] = self.sent.get(key, 0) + 1
 
@@ -317,11 +326,12 @@ class TaskState:
             self._held[event.uuid] = now
         record.pending.append(event)
 
-    def _labels(self, record: _Record, hostname: str) -> Key3:
+    def _labels(self, record: _Record, hostname: str, now: float) -> Key3:
         if record.queue is None:
-            resolved = self._resolver.resolve(record.name, hostname)
-            record.queue = self.labels.queue(resolved) if resolved else UNKNOWN
-        return (record.label or UNKNOWN, record.queue, self.labels.worker(hostname))
+            record.queue = self._resolver.resolve(record.name, hostname) or UNKNOWN
+        # Every use keeps the queue alive; one released since comes back through the limit.
+        record.queue = self.labels.queue(record.queue, now)
+        return (record.label or UNKNOWN, record.queue, self.labels.worker(hostname, now))
 
     def _count(self, record: _Record, event: TaskEvent, now: float) -> None:
         kind = event.type
@@ -331,7 +341,7 @@ class TaskState:
             return
         if not self._counts(event.hostname):
             return
-        key = self._labels(record, event.hostname)
+        key = self._labels(record, event.hostname, now)
         if kind == TASK_FAILED:
             exception = exception_class(event.exception)
             fkey = (*key, self.labels.exception(exception))
@@ -426,6 +436,36 @@ class TaskState:
             else:
                 self._release(uuid, record, now)
         self._records.expire(now)
+
+    def expire_labels(self, now: float, worker_known: Callable[[str], bool]) -> None:
+        """Remove every series of a worker or queue value nothing used lately.
+
+        A worker value goes once none of its nodenames is known to the worker state (alive or
+        retained) or sent a task event within the retention; a queue value once no task of it
+        ran or had an event for ``queue_forget`` seconds and it is not configured. Their
+        limiter slots free up with them.
+        """
+        running_queues = {task.queue for task in self.running.values()}
+        workers = self.labels.worker.expire(now - self._worker_retention, worker_known)
+        queues = self.labels.queue.expire(
+            now - self._queue_forget,
+            lambda queue: queue in running_queues or queue in self._configured_queues,
+        )
+        if workers or queues:
+            self._purge(workers, queues)
+
+    def _purge(self, workers: set[str], queues: set[str]) -> None:
+        by_worker: tuple[dict[Any, Any], ...] = (
+            self.received, self.started, self.succeeded, self.failed, self.retried,
+            self.rejected, self.revoked, self.duration, self.queue_wait,
+        )  # fmt: skip
+        by_queue: tuple[dict[Any, Any], ...] = (self.sent, self.timeouts)
+        for series in by_worker:
+            for key in [k for k in series if k[1] in queues or k[2] in workers]:
+                del series[key]
+        for series in by_queue if queues else ():
+            for key in [k for k in series if k[1] in queues]:
+                del series[key]
 
     def forget_running(self, hostname: str, started_before: float | None = None) -> None:
         """Drop running tasks of a worker that left, or that reports none active since then."""

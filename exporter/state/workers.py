@@ -97,6 +97,10 @@ class WorkerState:
             del self._workers[name]
         return gone
 
+    def knows(self, hostname: str) -> bool:
+        """Whether the worker is alive or still retained."""
+        return hostname in self._workers
+
     def live_count(self, now: float) -> int:
         return sum(1 for worker in self._workers.values() if now < self._down_since(worker))
 
