@@ -249,9 +249,11 @@ class Settings:
     max_task_names: int = option(
         default=1000, ge=1, description="Distinct task label values at most."
     )
-    max_queues: int = option(default=500, ge=1, description="Distinct queue label values at most.")
+    max_queues: int = option(
+        default=500, ge=1, description="Distinct queue label values alive at once, at most."
+    )
     max_workers: int = option(
-        default=1000, ge=1, description="Distinct worker label values at most."
+        default=1000, ge=1, description="Distinct worker label values alive at once, at most."
     )
     max_exception_types: int = option(
         default=200, ge=1, description="Distinct exception label values at most."
@@ -289,8 +291,8 @@ class Settings:
     worker_retention_seconds: float = option(
         default=3600.0,
         ge=0,
-        description="A worker that went away keeps celery_worker_up 0 this long, then its "
-        "series are removed.",
+        description="A worker that went away keeps celery_worker_up 0 this long, then every "
+        "series with its worker label is removed and the label value freed.",
     )
 
     workers_expected: int = option(
@@ -335,7 +337,8 @@ class Settings:
     queue_forget_seconds: float = option(
         default=900.0,
         gt=0,
-        description="A discovered queue no longer seen anywhere is dropped after this long.",
+        description="A discovered queue no longer seen anywhere is dropped after this long, "
+        "with every task series of its queue label.",
     )
     queue_priority_metrics: bool = option(
         default=False, description="Also export celery_queue_length_by_priority (Redis)."

@@ -35,8 +35,10 @@ from packaging.utils import canonicalize_name
 
 from deploy import generate
 from exporter.cli import build_parser
+from exporter.config import load_settings
 from exporter.settings import ENV_PREFIX
 from exporter.settings import options as settings_options
+from exporter.state.labels import worker_label_function
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -389,6 +391,26 @@ def test_each_series_comes_from_exactly_one_exporter(rendered: dict[str, list[Do
             if unfiltered:
                 assert owners == unfiltered == [unfiltered[0]], overlay
                 assert unfiltered[0].singleton, overlay
+
+
+def test_standalone_task_series_are_per_deployment_not_per_pod(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """An exporter that exports every worker's task series labels them by Deployment: a pod's
+    generated name would mint a new worker value with every rollout."""
+    checked = 0
+    for exporter in exporters(rendered):
+        if exporter.filtered or not exporter.enabled("tasks"):
+            continue
+        settings = load_settings(
+            {k: v for k, v in exporter.options.items() if k.startswith("worker_label")}
+        )
+        label = worker_label_function(settings)
+        assert label("celery@orders-worker-7d9f8b6c4-x2x7k") == "orders-worker", exporter.name
+        assert label("reports@orders-worker-5c6b7d8f9b-bz2wq") == "orders-worker", exporter.name
+        assert label("celery@beat-0") == "celery@beat-0", exporter.name  # StatefulSet: kept
+        checked += 1
+    assert checked
 
 
 def test_worker_sidecar_exports_only_its_own_worker(rendered: dict[str, list[Doc]]) -> None:

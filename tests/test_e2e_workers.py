@@ -115,8 +115,8 @@ def test_concurrency_active_reserved_and_utilization(
     celery_worker_tasks_active is 3 (utilization active/concurrency 1.0), celery_task_running
     of the task is 3 and celery_worker_tasks_reserved is 2 (the other two, prefetched: early
     ack frees their prefetch slots); while the last two run, active 2 (utilization 2/3),
-    running 2, reserved 0, succeeded 3; at the end active 0, reserved 0, no running series,
-    and every task counter exact (5 sent, received, started, succeeded)."""
+    running 2, reserved 0, succeeded 3; at the end active 0, reserved 0, running 0 (not
+    absent), and every task counter exact (5 sent, received, started, succeeded)."""
     server = redis_factory()
     exporter = exporter_factory(server.url, "--inspect-interval-seconds", "1")
     _publish(exporter, server.url, [(sa.SLEEP, [LONG_SECONDS], {})] * LONG_TASKS)
@@ -145,7 +145,7 @@ def test_concurrency_active_reserved_and_utilization(
     _wait_state(
         exporter,
         worker,
-        {ACTIVE: 0, RESERVED: 0, RUNNING: None, "celery_task_succeeded_total": 5},
+        {ACTIVE: 0, RESERVED: 0, RUNNING: 0, "celery_task_succeeded_total": 5},
         SETTLE_SECONDS,
     )
 

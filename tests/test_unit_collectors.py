@@ -313,6 +313,10 @@ def test_running_gauges_and_oldest_age() -> None:
     e.task("succeeded", "g", T0 + 131, host=W2, runtime=91.0)
     assert reg.get_sample_value("celery_task_running", labels) == 1.0
     assert reg.get_sample_value("celery_task_oldest_running_age_seconds", labels) == 60.0
+    # Idle: 0, not absent, for a task and queue that ran.
+    idle = {"task": "app.tasks.add", "queue": "default"}
+    assert reg.get_sample_value("celery_task_running", idle) == 0.0
+    assert reg.get_sample_value("celery_task_oldest_running_age_seconds", idle) == 0.0
 
 
 def test_worker_series_follow_worker_state() -> None:
