@@ -67,7 +67,8 @@ def pack(
 class Publisher:
     """One connection to Redis used for PUBLISH only."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, subscribers: int = 1) -> None:
+        self._subscribers = subscribers  # every message must reach them all
         self._sock = socket.create_connection(("127.0.0.1", port))
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._parser = hiredis.Reader()
@@ -89,8 +90,10 @@ class Publisher:
                 continue
             if reply == 0:
                 unheard += 1
-            elif reply != 1:
-                raise RuntimeError(f"PUBLISH reached {reply!r} subscribers, expected 1")
+            elif reply != self._subscribers:
+                raise RuntimeError(
+                    f"PUBLISH reached {reply!r} subscribers, expected {self._subscribers}"
+                )
             count -= 1
         return unheard
 

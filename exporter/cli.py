@@ -1,8 +1,4 @@
-"""Command line: flags, environment and config file -> Settings, then the serving process.
-
-Once the settings are valid this process replaces itself (same pid) with a fresh interpreter
-running exporter.run, which gets them through an in-memory file: validating takes pydantic,
-which would hold 8 MiB of the daemon's memory for as long as it runs, and nothing else.
+"""Command line: flags, environment and config file -> Settings, then the daemon.
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration error (one line on stderr naming
 the option and its environment variable, no traceback).
@@ -11,8 +7,10 @@ the option and its environment variable, no traceback).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import ssl
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -24,6 +22,8 @@ from pydantic_settings.exceptions import SettingsError
 
 from exporter import __version__, logs
 from exporter.config import OPTIONS, InvalidCombination, load_settings
+from exporter.daemon import serve
+from exporter.inspect import AppLoadError
 from exporter.settings import ENV_PREFIX, EXIT_CONFIG, Secret, Settings
 
 # Settings whose rejected value may carry a password: their input is never echoed.
@@ -134,46 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         sys.stderr.write(f"celery-exporter: error: {logs.redact_url(str(err))}\n")
         return EXIT_CONFIG
-    if hasattr(os, "memfd_create"):
-        hand_over(settings)
-    from exporter.run import serve_settings  # noqa: PLC0415 - without memfd (not Linux) only
-
-    return serve_settings(settings)
-
-
-def hand_over(settings: Settings) -> NoReturn:
-    """Become ``python -m exporter.run FD``, FD an in-memory file holding ``settings``.
-
-    exec keeps the pid, so a container's signals and a supervisor's bookkeeping still reach
-    the daemon; the file is never on a disk (secrets included), and exporter.run closes it
-    once read.
-    """
-    fd = os.memfd_create("celery-exporter-settings", 0)  # inheritable: no MFD_CLOEXEC
-    os.write(fd, settings.to_json())
-    os.lseek(fd, 0, os.SEEK_SET)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(  # noqa: S606 - this interpreter, with our own arguments
-        sys.executable,
-        [sys.executable, *_interpreter_options(), "-m", "exporter.run", str(fd)],
-    )
-
-
-def _interpreter_options() -> list[str]:
-    """The options of this interpreter that change how the same code runs (-O, -W, -X, ...)."""
-    flags = sys.flags
-    switches = {
-        "-I": flags.isolated,
-        "-E": flags.ignore_environment,
-        "-s": flags.no_user_site,
-        "-B": flags.dont_write_bytecode,
-        "-P": flags.safe_path,
-    }
-    options = [switch for switch, on in switches.items() if on]
-    options += ["-O"] * flags.optimize
-    options += [f"-W{warning}" for warning in sys.warnoptions]
-    options += [
-        f"-X{name}" if value is True else f"-X{name}={value}"
-        for name, value in sys._xoptions.items()
-    ]
-    return options
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except ssl.SSLError as err:
+        sys.stderr.write(f"celery-exporter: error: --web-tls-*: cannot load: {err}\n")
+        return EXIT_CONFIG
+    except AppLoadError as err:
+        sys.stderr.write(f"celery-exporter: error: {err}\n")
+        return EXIT_CONFIG
+    except OSError as err:
+        sys.stderr.write(
+            f"celery-exporter: error: cannot listen on {settings.host}:{settings.port}: "
+            f"{err.strerror}\n"
+        )
+        return EXIT_CONFIG
+    return 0

@@ -3,19 +3,15 @@
 Every field is a flag (``--field-name``) and an environment variable
 (``CELERY_EXPORTER_FIELD_NAME``). ``config.py`` validates flags, environment and config file
 into this class; ``cli.py`` builds the flags from it and the README table is checked against
-it, so this file is the one place an option is defined. The serving process gets its
-settings from the process that validated them (``to_json``/``from_json``) and loads none of
-the validation code, which is most of the memory pydantic would cost it (see cli.py).
+it, so this file is the one place an option is defined.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import re
 import socket
-import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,7 +22,7 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 SUPPORTED_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
 DEFAULT_PORT = 9808  # the port Celery exporters conventionally use
-# Exit status for a configuration error, whichever process finds it (cli.py or run.py).
+# Exit status for a configuration error.
 EXIT_CONFIG = 2
 
 # 5 ms to 1 h: short web-request tasks and hour-long batch jobs both land inside the range.
@@ -458,38 +454,6 @@ class Settings:
         if self.broker_url_file is not None:
             return self.broker_url_file.read_text(encoding="utf-8").strip()
         return self.broker_url.get_secret_value()
-
-    def to_json(self) -> bytes:
-        """The settings as JSON, secrets included: for the serving process only."""
-        return json.dumps(
-            {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
-        ).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Settings:
-        """Settings written by ``to_json``, already validated."""
-        hints = typing.get_type_hints(cls)
-        values = json.loads(data)
-        return cls(**{name: _typed(hints[name], value) for name, value in values.items()})
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Secret):
-        return value.get_secret_value()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _typed(hint: Any, value: Any) -> Any:
-    """``value`` as the field's type where JSON has no such type (paths, secrets, enums)."""
-    if value is None:
-        return None
-    if isinstance(hint, types.UnionType):  # X | None
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if hint in (Path, Secret) or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
-        return hint(value)
-    return value
 
 
 class Option(NamedTuple):

@@ -10,7 +10,7 @@ import pytest
 
 from exporter import logs
 from exporter.cli import ConfigError, main, parse_settings
-from exporter.settings import EXIT_CONFIG, LogFormat, LogLevel, Settings, WorkerLabel
+from exporter.settings import EXIT_CONFIG, LogFormat, LogLevel, WorkerLabel
 
 SECRET = "hunter2"
 
@@ -376,31 +376,3 @@ def test_redacting_filter_rewrites_log_records() -> None:
     )
     assert logs.RedactingFilter().filter(record) is True
     assert record.getMessage() == "cannot reach redis://:***@h:6379/0"
-
-
-def test_settings_reach_the_serving_process_unchanged(tmp_path: Path) -> None:
-    """What cli.py hands to exporter.run (to_json, from_json) is the validated settings, every
-    kind of value kept: secrets, paths, enums, lists, objects; a secret's repr hides it."""
-    url_file = write(tmp_path / "url", f"redis://u:{SECRET}@r:6379/0")
-    settings = parse_settings(
-        [
-            "--broker-url-file", str(url_file),
-            "--beat-redis-url", f"redis://u:{SECRET}@b:6379/1",
-            "--worker-label", "group",
-            "--worker-label-regex", "@(?P<group>[a-z]+)",
-            "--log-format", "json",
-            "--task-duration-buckets", "0.5,2",
-            "--queues", "a,b",
-            "--task-sla-seconds", '{"t": 30}',
-            "--no-collector-beat",
-        ]
-    )  # fmt: skip
-    handed = Settings.from_json(settings.to_json())
-    assert handed == settings
-    assert handed.broker_url_file == url_file
-    assert handed.resolved_beat_redis_url() == f"redis://u:{SECRET}@b:6379/1"
-    assert handed.worker_label is WorkerLabel.GROUP
-    assert handed.log_format is LogFormat.JSON
-    assert (handed.task_duration_buckets, handed.queues) == ([0.5, 2.0], ["a", "b"])
-    assert (handed.task_sla_seconds, handed.collector_beat) == ({"t": 30.0}, False)
-    assert SECRET not in repr(handed)
