@@ -17,7 +17,7 @@ import orjson
 import redis as redis_py
 
 from bench.procs import RedisServer
-from exporter.brokers.redis_queues import RedisQueueProbe, queue_key
+from exporter.brokers.redis.queues import RedisQueueProbe, queue_key
 from exporter.state.queues import QueueState
 
 SEP = "\x06\x16"  # kombu's default

@@ -13,7 +13,6 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, get_origin
-from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -31,18 +30,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from exporter import brokers
 from exporter.settings import (
-    AMQP_SCHEMES,
     DEFAULT_PORT,
     ENV_PREFIX,
-    REDIS_SCHEMES,
-    SUPPORTED_SCHEMES,
     Option,
     Secret,
     Settings,
     WorkerLabel,
     options,
-    url_scheme,
 )
 
 OPTIONS = options()
@@ -219,28 +215,9 @@ def check_combinations(settings: Settings) -> None:
         raise InvalidCombination("worker_filter and worker_filter_hostname exclude each other")
     if settings.worker_label is WorkerLabel.GROUP and not settings.worker_label_regex:
         raise InvalidCombination("worker_label=group needs worker_label_regex")
-    url = settings.resolved_broker_url()
-    scheme = url_scheme(url)
-    if scheme not in SUPPORTED_SCHEMES:
-        shown = f"scheme {scheme!r}" if scheme else "without a scheme://"
-        raise InvalidCombination(
-            f"broker_url {shown} is not supported; use one of "
-            + ", ".join(sorted(SUPPORTED_SCHEMES))
-        )
-    if scheme in AMQP_SCHEMES and "ssl_" in urlsplit(url).query:
-        # kombu hands them to py-amqp as socket-wrapping arguments, which it rejects on
-        # every connection attempt: a broker that never connects, far from the cause.
-        raise InvalidCombination(
-            "broker_url: ssl_* URL parameters are for Redis; for amqps give TLS options "
-            'as broker_transport_options {"ssl": {"ca_certs": ..., ...}}'
-        )
-    _check_rabbitmq_management(settings, scheme)
-    beat_scheme = url_scheme(settings.resolved_beat_redis_url())
-    if settings.beat_redis_sources() and beat_scheme not in REDIS_SCHEMES:
-        raise InvalidCombination(
-            "beat_redis_key and beat_redbeat read Redis: set beat_redis_url "
-            "when the broker is not Redis"
-        )
+    problem = brokers.check(settings)
+    if problem is not None:
+        raise InvalidCombination(problem)
 
 
 def _check_web(settings: Settings) -> None:
@@ -251,12 +228,3 @@ def _check_web(settings: Settings) -> None:
     has_password = settings.web_auth_password is not None or settings.web_auth_password_file
     if bool(settings.web_auth_username) != bool(has_password):
         raise InvalidCombination("web_auth_username and a web_auth_password(_file) go together")
-
-
-def _check_rabbitmq_management(settings: Settings, broker_scheme: str) -> None:
-    if settings.rabbitmq_management_url is None:
-        return
-    if broker_scheme not in AMQP_SCHEMES:
-        raise InvalidCombination("rabbitmq_management_url needs an amqp:// broker_url")
-    if url_scheme(settings.rabbitmq_management_url.get_secret_value()) not in ("http", "https"):
-        raise InvalidCombination("rabbitmq_management_url must be an http:// or https:// URL")

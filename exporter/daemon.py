@@ -9,16 +9,15 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import Protocol
 
-from exporter import heap
+from exporter import brokers, heap
+from exporter.brokers.base import EventSource, QueueContext
 from exporter.collectors.registry import build_registry
-from exporter.events.source import EventSource, build_event_source
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
 from exporter.inspect import Inspector, InspectStats, load_app_router
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
-from exporter.settings import AMQP_SCHEMES, REDIS_SCHEMES, Settings, url_scheme
+from exporter.settings import Settings
 from exporter.state.beat import BeatState
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueState
@@ -31,14 +30,6 @@ log = logging.getLogger(__name__)
 SWEEP_SECONDS = 1.0
 SHUTDOWN_SECONDS = 1.5
 DROPS_SHOWN_SECONDS = 300.0
-
-
-class Probe(Protocol):
-    """A broker probe: one blocking poll per call, its connections released on close."""
-
-    def __call__(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class Daemon:
@@ -76,30 +67,16 @@ class Daemon:
             on_worker_gone=self._worker_gone,
             worker_filter=worker_filter,
         )
-        self.source: EventSource = build_event_source(settings, self.pipeline)
+        self.source: EventSource = brokers.event_source(settings, self.pipeline)
         self.pollers: list[Poller] = []
         self.beat: BeatState | None = None
         self._closers: list[Callable[[], None]] = []
         self.queues: QueueState | None = None
         if settings.collector_queues:
-            self.queues = self._queue_poller(url)
+            self.queues = self._queue_poller()
         if settings.collector_beat and settings.beat_redis_sources():
-            # Each broker's probes are imported only when used: an AMQP daemon then loads no
-            # redis-py (6 MiB idle), a Redis one not the exporter's AMQP modules (0.4 MiB).
-            from exporter.brokers.redis_beat import RedisBeatProbe  # noqa: PLC0415 - per broker
-
             self.beat = BeatState()
-            probe = RedisBeatProbe(
-                url=settings.resolved_beat_redis_url(),
-                transport_options=dict(settings.broker_transport_options),
-                timeout=settings.broker_connect_timeout_seconds,
-                state=self.beat,
-                heartbeat_key=settings.beat_redis_key,
-                heartbeat_format=settings.beat_redis_key_format.value,
-                redbeat_prefix=settings.beat_redbeat_key_prefix if settings.beat_redbeat else None,
-                redbeat_lock_key=settings.beat_redbeat_lock_key
-                or f"{settings.beat_redbeat_key_prefix}:lock",
-            )
+            probe = brokers.beat_probe(settings, self.beat)
             self._closers.append(probe.close)
             self.pollers.append(
                 Poller(
@@ -140,65 +117,29 @@ class Daemon:
         )
         self.stop_event = asyncio.Event()
 
-    def _queue_poller(self, url: str) -> QueueState:
-        """The queue state and the poller that fills it, for the broker's transport."""
+    def _queue_poller(self) -> QueueState:
+        """The queue state and the broker's poller that fills it."""
         settings = self.settings
         state = QueueState(
             configured=settings.queues,
             forget_after=settings.queue_forget_seconds,
             max_queues=settings.max_queues,
         )
-        timeout = settings.broker_connect_timeout_seconds
-        probe: Probe
-        scheme = url_scheme(url)
-        if scheme in AMQP_SCHEMES:
-            from exporter.brokers.amqp_queues import AmqpQueueProbe  # noqa: PLC0415 - per broker
-            from exporter.brokers.rabbitmq_management import (  # noqa: PLC0415 - per broker
-                management_client,
-            )
-
-            management = settings.rabbitmq_management_url
-            probe = AmqpQueueProbe(
-                url=url,
-                transport_options=dict(settings.broker_transport_options),
-                timeout=timeout,
-                state=state,
-                seen_queues=self._queues_seen,
-                clock=self._clock,
-                management=management_client(
-                    url=management.get_secret_value() if management else None,
-                    password=settings.rabbitmq_management_password_value(),
-                    broker_url=url,
-                    timeout=timeout,
-                ),
-            )
-        elif scheme not in REDIS_SCHEMES:
-            # Settings refuse other schemes today; should one be let in, it runs without depth.
-            log.warning("queue depth is not supported on %s:// brokers: not polled", scheme)
-            return state
-        else:
-            from exporter.brokers.redis_queues import RedisQueueProbe  # noqa: PLC0415 - per broker
-
-            probe = RedisQueueProbe(
-                url=url,
-                transport_options=dict(settings.broker_transport_options),
-                timeout=timeout,
-                state=state,
-                events_exchange=settings.events_exchange,
-                seen_queues=self._queues_seen,
-                sent_times=self.pipeline.sent_at,
-                sent_seen=self.pipeline.sends_task_sent,
-                clock=self._clock,
-                discovery_interval=settings.queue_discovery_interval_seconds,
-                max_unacked_scan=settings.queue_max_unacked_scan,
-            )
+        context = QueueContext(
+            state=state,
+            seen_queues=self._queues_seen,
+            sent_times=self.pipeline.sent_at,
+            sent_seen=self.pipeline.sends_task_sent,
+            clock=self._clock,
+        )
+        probe = brokers.queue_probe(settings, context)
         self._closers.append(probe.close)
         self.pollers.append(
             Poller(
                 name="queues",
                 probe=probe,
                 interval=settings.queue_poll_interval_seconds,
-                timeout=timeout * 2,
+                timeout=settings.broker_connect_timeout_seconds * 2,
                 clock=self._clock,
             )
         )

@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 ENV_PREFIX = "CELERY_EXPORTER_"
-REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
-SUPPORTED_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
 DEFAULT_PORT = 9808  # the port Celery exporters conventionally use
 # Exit status for a configuration error.
 EXIT_CONFIG = 2
@@ -61,13 +58,6 @@ class LogLevel(enum.StrEnum):
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
-
-
-def url_scheme(url: str) -> str:
-    """The lowercased scheme of ``url``; empty when it has no ``scheme://`` (never the rest,
-    which may hold a password)."""
-    scheme, sep, _ = url.partition("://")
-    return scheme.lower() if sep and scheme.isascii() and scheme.isidentifier() else ""
 
 
 class Secret:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from exporter.brokers.redis_queues import queue_key
+from exporter.brokers.redis.queues import queue_key
 from tests import queue_app as qa
 from tests.celery_procs import CeleryProcesses, CeleryWorkerProcess
 from tests.helpers import (

@@ -9,7 +9,8 @@ import amqp
 import pytest
 from amqp import method_framing, serialization, spec
 
-from exporter.events.amqp_frames import (
+from exporter.brokers.amqp.events import death_reason
+from exporter.brokers.amqp.frames import (
     CLOSE,
     HEARTBEAT,
     BrokerClosed,
@@ -17,7 +18,6 @@ from exporter.events.amqp_frames import (
     FrameError,
     FrameParser,
 )
-from exporter.events.amqp_source import death_reason
 from exporter.events.model import DropReason
 
 EVENTS = "events"

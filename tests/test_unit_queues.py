@@ -14,8 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
-from exporter.brokers.amqp_queues import AmqpQueueProbe
-from exporter.brokers.rabbitmq_management import (
+from exporter.brokers.amqp.management import (
     COLUMNS,
     Credentials,
     ManagementClient,
@@ -27,7 +26,8 @@ from exporter.brokers.rabbitmq_management import (
     queues_path,
     split_credentials,
 )
-from exporter.brokers.redis_queues import message_task_id, parse_binding, queue_key
+from exporter.brokers.amqp.queues import AmqpQueueProbe
+from exporter.brokers.redis.queues import message_task_id, parse_binding, queue_key
 from exporter.cli import ConfigError, main, parse_settings
 from exporter.settings import EXIT_CONFIG
 from exporter.state.queues import QueueReading, QueueState

@@ -15,9 +15,9 @@ import redis
 from celery.events import EventDispatcher
 from kombu import Connection
 
+from exporter.brokers.redis import events as redis_source
+from exporter.brokers.redis.events import RedisSession
 from exporter.config import load_settings
-from exporter.events import redis_source
-from exporter.events.redis_source import RedisSession
 from exporter.pipeline import EventPipeline
 from exporter.state.labels import WorkerFilter
 from exporter.state.routing import QueueResolver

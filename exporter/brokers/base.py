@@ -1,22 +1,36 @@
-"""Event sources: one thread per broker connection, reconnecting forever with capped backoff."""
+"""What every broker provides, and the reconnecting event source that runs its session.
+
+A broker (one package each: brokers/redis, brokers/amqp) gives the daemon an event session, a
+queue probe and a check of the settings; brokers/__init__.py picks one by URL scheme.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
 import threading
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import kombu
 
 from exporter.events.status import SourceStatus
 from exporter.logs import redact_url
 from exporter.pipeline import EventPipeline
-from exporter.settings import AMQP_SCHEMES, Settings, url_scheme
+from exporter.settings import Settings
+from exporter.state.queues import QueueState
 
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 0.5
+
+
+def url_scheme(url: str) -> str:
+    """The lowercased scheme of ``url``; empty when it has no ``scheme://`` (never the rest,
+    which may hold a password)."""
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep and scheme.isascii() and scheme.isidentifier() else ""
 
 
 class Session:
@@ -78,17 +92,38 @@ class EventSource:
         self.status.connected = False
 
 
-def build_event_source(settings: Settings, pipeline: EventPipeline) -> EventSource:
-    """The source for the broker URL's transport."""
-    url = settings.resolved_broker_url()
-    scheme = url_scheme(url)
-    session: Session
-    if scheme in AMQP_SCHEMES:
-        from exporter.events.amqp_source import AmqpSession  # noqa: PLC0415 - per transport
+class Probe(Protocol):
+    """A broker probe: one blocking poll per call, its connections released on close."""
 
-        session = AmqpSession(url=url, settings=settings, pipeline=pipeline)
-    else:
-        from exporter.events.redis_source import RedisSession  # noqa: PLC0415 - per transport
+    def __call__(self) -> None: ...
 
-        session = RedisSession(url=url, settings=settings, pipeline=pipeline)
-    return EventSource(session=session, max_delay=settings.reconnect_max_delay_seconds)
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class QueueContext:
+    """What a queue probe may learn from the rest of the daemon."""
+
+    state: QueueState  # where readings go
+    seen_queues: Callable[[], set[str]]  # queues named by events and inspection
+    sent_times: Callable[[list[str]], dict[str, float]]  # task-sent time of waiting task ids
+    sent_seen: Callable[[], bool]  # whether producers send task-sent
+    clock: Callable[[], float]
+
+
+class Broker(Protocol):
+    """One broker's way of doing each thing the daemon needs from it."""
+
+    schemes: frozenset[str]
+
+    def check(self, settings: Settings, url: str) -> str | None:
+        """What is wrong with the settings for this broker, or None."""
+        ...
+
+    def event_session(self, url: str, settings: Settings, pipeline: EventPipeline) -> Session:
+        """The session reading the event stream."""
+        ...
+
+    def queue_probe(self, url: str, settings: Settings, context: QueueContext) -> Probe:
+        """The probe reading queue depth."""
+        ...

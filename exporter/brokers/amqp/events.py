@@ -25,9 +25,9 @@ from typing import Any
 import kombu
 import orjson
 
-from exporter.events.amqp_frames import CLOSE, HEARTBEAT, FrameParser
+from exporter.brokers.amqp.frames import CLOSE, HEARTBEAT, FrameParser
+from exporter.brokers.base import Session
 from exporter.events.model import DropReason
-from exporter.events.source import Session
 from exporter.logs import redact_url
 from exporter.settings import Settings
 
@@ -105,7 +105,7 @@ class AmqpSession(Session):
     """One consumer on a freshly declared event queue, one on its dead-letter queue.
 
     py-amqp opens the connection, declares the queues and registers the consumers; from then on
-    the session reads the socket itself (see ``amqp_frames``) and keeps the heartbeats going.
+    the session reads the socket itself (see ``frames``) and keeps the heartbeats going.
     """
 
     def run_session(self, stop: threading.Event) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import kombu
 from amqp.exceptions import AccessRefused, NotFound, ResourceLocked
 
-from exporter.brokers.rabbitmq_management import ManagementClient, ManagementQueue, is_task_queue
+from exporter.brokers.amqp.management import ManagementClient, ManagementQueue, is_task_queue
 from exporter.state.queues import QueueReading, QueueState
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import hiredis
 
 from exporter import heap
-from exporter.events.source import Session
+from exporter.brokers.base import Session
 from exporter.events.status import SourceStatus
 from exporter.logs import redact_url
 from exporter.pipeline import EventPipeline
