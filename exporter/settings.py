@@ -402,6 +402,11 @@ class Settings:
     collector_beat: bool = option(
         default=True, description="Export Beat and periodic task metrics."
     )
+    collector_process: bool = option(
+        default=True,
+        description="Export the exporter's own process_* metrics and python_info "
+        "(client_python's process and platform collectors).",
+    )
 
     def rabbitmq_management_password_value(self) -> str | None:
         """The management API password given apart from the URL (its file wins), if any."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -103,8 +105,26 @@ def test_the_started_process_serves_with_the_command_line_typed(tmp_path: Path) 
         20,
         lambda: f"/healthz never answered; stderr:\n{exporter.stderr()}",
     )
-    cmdline = Path("/proc", str(exporter.proc.pid), "cmdline").read_bytes()
+    proc = Path("/proc", str(exporter.proc.pid))
+    cmdline = (proc / "cmdline").read_bytes()
     assert cmdline.split(b"\0")[:-1] == [arg.encode() for arg in exporter.argv]
+    # The standard process metrics describe this very process.
+    samples = scrape(exporter.port)
+    ticks = os.sysconf("SC_CLK_TCK")
+    started = int((proc / "stat").read_text().rpartition(")")[2].split()[19]) / ticks
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    assert value(samples, "process_start_time_seconds") == pytest.approx(boot + started, abs=0.01)
+    soft_fds = next(
+        int(line.split()[3])
+        for line in (proc / "limits").read_text().splitlines()
+        if line.startswith("Max open files")
+    )
+    assert value(samples, "process_max_fds") == soft_fds
+    assert value(samples, "python_info", version=platform.python_version()) == 1
     wait_until(lambda: "lost the broker" in exporter.stderr(), 20, exporter.stderr)
     assert exporter.terminate(timeout=2.0) == 0, exporter.stderr()
     assert PASSWORD not in exporter.stderr()

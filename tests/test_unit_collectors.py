@@ -57,6 +57,8 @@ class Exporter:
         values: dict[str, Any] = {
             "task_duration_buckets": "0.5,1,5",
             "task_queue_wait_buckets": "1,10,60",
+            # process_* change between two scrapes: their own test collects once.
+            "collector_process": False,
         }
         values.update(overrides)
         self.settings = settings = load_settings(values)
@@ -412,6 +414,42 @@ def test_fast_rendering_matches_client_python(
     expected = (om_latest if openmetrics else generate_latest)(e.registry).decode()
     rendered = render(e.registry.collect(), openmetrics=openmetrics).decode()
     assert normalise(rendered) == normalise(expected)
+
+
+class _Collected:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_process_and_platform_families_render_as_client_python_writes_them(
+    openmetrics: bool,
+) -> None:
+    """With the process collector on, /metrics has client_python's standard process_* and
+    python_info families, written exactly as client_python writes them, beside ours."""
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+    from exporter.metrics.family import render
+
+    e = Exporter(collector_process=True)
+    families = list(e.registry.collect())
+    names = {family.name for family in families}
+    assert {
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_cpu_seconds",
+        "process_open_fds",
+        "process_max_fds",
+        "python_info",
+    } <= names
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected(families))
+    expected = (om_latest if openmetrics else generate_latest)(registry).decode()
+    assert render(families, openmetrics=openmetrics).decode() == expected
 
 
 class _EdgeFamilies:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter.collectors.base import Collector, CollectorResults, Isolated
 from exporter.collectors.beat import BeatCollector
@@ -80,6 +80,9 @@ def build_registry(
         enabled.append(
             ("beat", BeatCollector(settings=settings, pipeline=pipeline, beat=beat, clock=clock))
         )
+    if settings.collector_process:
+        enabled.append(("process", ProcessCollector(registry=None)))
+        enabled.append(("platform", PlatformCollector(registry=None)))
     enabled.append(
         (
             "exporter",

@@ -6,7 +6,8 @@ scrape take hundreds of milliseconds. These families keep their rows as plain tu
 write text directly: label names are valid by construction (metrics/defs.py), so only label
 values are escaped. They still are prometheus_client ``Metric`` objects: ``samples`` is built
 on demand, so the registry API and client_python's own exposition keep working, and a test
-checks that both render the same bytes.
+checks that both render the same bytes. Families client_python builds itself (the process
+and platform collectors) are written by client_python.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate
 from operator import itemgetter
 
+from prometheus_client import CollectorRegistry
+from prometheus_client import generate_latest as text_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
@@ -26,8 +30,9 @@ _DIRECT_INT_LIMIT = 1_000_000  # below it an integer prints as "<n>.0", as Go's 
 # Characters per chunk of a streamed exposition, so a 30k-series page never exists whole in
 # memory (as a list of lines, a str and bytes it would cost several times its 4 MB).
 CHUNK_CHARS = 256 * 1024
-# Typed here, so the call needs no ignore whichever allowed client_python is installed.
+# Typed here, so the calls need no ignore whichever allowed client_python is installed.
 _float_to_go: Callable[[float], str] = floatToGoString
+_openmetrics_latest: Callable[[CollectorRegistry], bytes] = openmetrics.generate_latest
 
 
 def format_value(value: float) -> str:
@@ -194,13 +199,37 @@ class HistogramFamily(_Family):
             yield "".join(skeleton)
 
 
+class _One:
+    """A collector of one family already built, for client_python's own exposition."""
+
+    def __init__(self, family: Metric) -> None:
+        self._family = family
+
+    def collect(self) -> list[Metric]:
+        return [self._family]
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+def standard_text(family: Metric, *, openmetrics: bool) -> str:
+    """A family client_python built (process, platform), written by client_python itself: a
+    handful of samples, where its speed does not matter."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_One(family))
+    if openmetrics:
+        return _openmetrics_latest(registry).decode().removesuffix("# EOF\n")
+    return text_latest(registry).decode()
+
+
 def render_chunks(families: Iterable[Metric], *, openmetrics: bool) -> Iterator[bytes]:
     """The exposition of ``families`` in the text format, or OpenMetrics, in pieces."""
     parts: list[str] = []
     size = 0
     for family in families:
         if not isinstance(family, _Family):
-            raise TypeError(f"{family.name} is not a fast family (see metrics/defs.py)")
+            parts.append(standard_text(family, openmetrics=openmetrics))
+            continue
         parts.append(family.header(openmetrics=openmetrics))
         for block in family.blocks():
             parts.append(block)
