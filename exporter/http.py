@@ -136,9 +136,8 @@ class HttpServer:
         except OSError:
             await self._runner.cleanup()
             raise
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        addresses = self._runner.addresses  # (host, port, ...) of each bound socket
+        self.port = addresses[0][1] if addresses else self._port
         scheme = "https" if self._tls else "http"
         log.info("listening on %s://%s:%s/metrics", scheme, self._host, self.port)
         if self._auth is None and self._host in _ALL_INTERFACES:

@@ -27,6 +27,7 @@ import orjson
 
 from exporter.brokers.amqp.frames import CLOSE, HEARTBEAT, FrameParser
 from exporter.brokers.base import Session
+from exporter.compat import amqp_socket_and_pending
 from exporter.events.model import DropReason
 from exporter.logs import redact_url
 from exporter.settings import Settings
@@ -139,8 +140,8 @@ class AmqpSession(Session):
                 ),
             )
             self.status.mark_connected(f"{redact_url(conn.as_uri())} (queue {name})")
-            transport = amqp_conn.transport
-            self._consume(transport.sock, transport._read_buffer, amqp_conn.heartbeat or 0, stop)
+            sock, pending = amqp_socket_and_pending(amqp_conn.transport)
+            self._consume(sock, pending, amqp_conn.heartbeat or 0, stop)
         finally:
             if amqp_conn is not None:
                 # The stream is ours now: py-amqp's closing handshake would misread it.

@@ -31,6 +31,7 @@ import hiredis
 
 from exporter import heap
 from exporter.brokers.base import Session
+from exporter.compat import redis_socket
 from exporter.events.status import SourceStatus
 from exporter.logs import redact_url
 from exporter.pipeline import EventPipeline
@@ -303,7 +304,7 @@ class RedisSession(Session):
             pool = channel.client.connection_pool  # type: ignore[attr-defined]  # Redis Channel
             redis_conn = pool.get_connection()
             redis_conn.send_command("PSUBSCRIBE", pattern)
-            sock: socket.socket = redis_conn._sock
+            sock = redis_socket(redis_conn)
             sock.settimeout(POLL_SECONDS)
             sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
             limit = settings.event_buffer_bytes
