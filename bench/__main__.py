@@ -110,7 +110,7 @@ def _bursts(
             if repeat > 1:
                 sections.append(burst.summary(variant, runs))
         if profiled and not PySpy.available():
-            print("py-spy is not installed (pip install py-spy): no profile")
+            print("py-spy is not installed (scripts/setup.sh test): no profile")
         elif profiled:
             print("running the unbatched burst again with py-spy attached")
             section, found = burst.run(redis, messages, variant, profile=True)
@@ -145,7 +145,7 @@ def _rabbitmq(
                 if PySpy.available():
                     runs.append((None, True))
                 else:
-                    print("py-spy is not installed (pip install py-spy): no profile")
+                    print("py-spy is not installed (scripts/setup.sh test): no profile")
             if not runs:
                 continue
             messages, cached = cached_recording(

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,11 +131,19 @@ class PySpy:
         self.error: str | None = None
 
     @staticmethod
-    def available() -> bool:
-        return shutil.which("py-spy") is not None
+    def binary() -> str | None:
+        """py-spy from this interpreter's environment (.venv/bin), else from PATH."""
+        beside = Path(sys.executable).with_name("py-spy")
+        return str(beside) if beside.is_file() else shutil.which("py-spy")
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls.binary() is not None
 
     def __enter__(self) -> Self:
-        argv = ["py-spy", "record", "--pid", str(self._pid), "--format", "raw"]
+        binary = self.binary()
+        assert binary is not None, "check available() first"
+        argv = [binary, "record", "--pid", str(self._pid), "--format", "raw"]
         argv += ["--rate", str(RATE), "--gil", "-o", str(self._output)]
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         time.sleep(ATTACH_SECONDS)

@@ -2,7 +2,7 @@
 # Installs what the demo or the test suite needs on a Debian machine, and nothing else:
 #   scripts/setup.sh demo   redis-server (apt), the package with celery into .venv/
 #   scripts/setup.sh test   also rabbitmq-server, prometheus, alertmanager (apt), the test and
-#                           bench tools into .venv/, and kubectl and helm into .tools/
+#                           bench tools (py-spy included) into .venv/, kubectl and helm into .tools/
 # Every version from PyPI comes from requirements.lock (scripts/lock.sh writes it), installed
 # into the project's own virtual environment, .venv/, so nothing from the machine's
 # site-packages is used. Idempotent: a second run with the same lock installs nothing.
@@ -20,7 +20,7 @@ case "$purpose" in
     needed=(redis-server:redis-server redis-cli:redis-tools rabbitmq-server:rabbitmq-server
       promtool:prometheus prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
       npm:npm)
-    extras=celery,msgpack,test
+    extras=celery,msgpack,test,bench
     ;;
   *)
     echo "setup: usage: scripts/setup.sh demo|test" >&2

@@ -658,7 +658,7 @@ def test_environment_is_exactly_the_lock() -> None:
     assert sys.prefix != sys.base_prefix, "run the suite through scripts/test.sh (.venv/)"
     pins = _lock()
     seen: set[str] = set()
-    todo = [Requirement("celery-exporter[celery,msgpack,test]")]
+    todo = [Requirement("celery-exporter[celery,msgpack,test,bench]")]
     while todo:
         requirement = todo.pop()
         name = canonicalize_name(requirement.name)

@@ -25,7 +25,7 @@ import termios
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import hiredis
 
@@ -301,7 +301,8 @@ class RedisSession(Session):
         try:
             channel = conn.default_channel  # connects and pings, honouring the options
             pattern = subscription_pattern(channel, settings.events_exchange)
-            pool = channel.client.connection_pool  # type: ignore[attr-defined]  # Redis Channel
+            # Any: kombu's Channel declares no ``client`` (the Redis transport's adds it).
+            pool = cast(Any, channel).client.connection_pool
             redis_conn = pool.get_connection()
             redis_conn.send_command("PSUBSCRIBE", pattern)
             sock = redis_socket(redis_conn)
