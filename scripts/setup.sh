@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the demo or the test suite needs on a Debian machine, and nothing else:
-#   scripts/setup.sh demo   redis-server (apt), the package with celery into .venv/
-#   scripts/setup.sh test   also rabbitmq-server, prometheus, alertmanager (apt), the test and
-#                           bench tools (py-spy included) into .venv/, kubectl and helm into .tools/
+#   scripts/setup.sh demo   redis-server, prometheus, alertmanager (apt), the package with celery
+#                           into .venv/
+#   scripts/setup.sh test   also rabbitmq-server (apt), the test and bench tools (py-spy
+#                           included) into .venv/, kubectl and helm into .tools/
 # Every version from PyPI comes from requirements.lock (scripts/lock.sh writes it), installed
 # into the project's own virtual environment, .venv/, so nothing from the machine's
 # site-packages is used. Idempotent: a second run with the same lock installs nothing.
@@ -13,7 +14,8 @@ purpose=${1:-test}
 # Each needed command, and the Debian package that brings it.
 case "$purpose" in
   demo)
-    needed=(redis-server:redis-server redis-cli:redis-tools)
+    needed=(redis-server:redis-server redis-cli:redis-tools prometheus:prometheus
+      prometheus-alertmanager:prometheus-alertmanager)
     extras=celery
     ;;
   test)
