@@ -22,8 +22,6 @@ from pydantic_settings.exceptions import SettingsError
 
 from exporter import __version__, logs
 from exporter.config import OPTIONS, InvalidCombination, load_settings
-from exporter.daemon import serve
-from exporter.inspect import AppLoadError
 from exporter.settings import ENV_PREFIX, EXIT_CONFIG, Secret, Settings
 
 # Settings whose rejected value may carry a password: their input is never echoed.
@@ -135,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"celery-exporter: error: {logs.redact_url(str(err))}\n")
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
+    # The daemon (aiohttp, kombu) loads once the settings are valid: --help and a wrong flag
+    # answer without it.
+    from exporter.daemon import serve  # noqa: PLC0415
+    from exporter.inspect import AppLoadError  # noqa: PLC0415
+
     try:
         asyncio.run(serve(settings))
     except ssl.SSLError as err:

@@ -144,6 +144,8 @@ class EventPipeline:
     def _apply_worker(self, event: WorkerEvent, now: float, new_workers: list[str]) -> None:
         if not self._worker_filter(event.hostname):
             return
+        # A sign of life keeps its task series, also of a worker the worker state cannot hold.
+        self.tasks.labels.worker.touch(event.hostname, now)
         if self.workers.apply(event, now):
             new_workers.append(event.hostname)
         if event.type == WORKER_HEARTBEAT and event.active == 0:

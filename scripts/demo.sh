@@ -27,7 +27,8 @@ trap cleanup EXIT INT TERM
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --dir "$WORK" \
   --logfile "$WORK/redis.log" &
 pids+=($!)
-until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "demo: redis-server did not start" >&2; exit 1; }
 
 "$PYTHON" -m exporter --host 127.0.0.1 --port "$PORT" --inspect-interval-seconds 30 &
 pids+=($!)

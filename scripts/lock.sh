@@ -7,8 +7,13 @@
 # or while .venv/ holds anything the lock does not pin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || python3 -m venv .venv
+scripts/setup.sh venv
 PYTHON=.venv/bin/python
+# The image runs CPython 3.11: a lock resolved on another Python may pin what 3.11 cannot install.
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+  echo "lock: resolve with CPython 3.11, as in the image (.venv/ has $("$PYTHON" -V))" >&2
+  exit 1
+}
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 "$PYTHON" -m pip install --disable-pip-version-check --dry-run --ignore-installed --quiet \

@@ -13,6 +13,10 @@ purpose=${1:-test}
 
 # Each needed command, and the Debian package that brings it.
 case "$purpose" in
+  venv)  # only .venv/ with a working pip (scripts/lock.sh)
+    needed=()
+    extras=""
+    ;;
   demo)
     needed=(redis-server:redis-server redis-cli:redis-tools prometheus:prometheus
       prometheus-alertmanager:prometheus-alertmanager)
@@ -25,7 +29,7 @@ case "$purpose" in
     extras=celery,msgpack,test,bench
     ;;
   *)
-    echo "setup: usage: scripts/setup.sh demo|test" >&2
+    echo "setup: usage: scripts/setup.sh demo|test|venv" >&2
     exit 2
     ;;
 esac
@@ -33,7 +37,7 @@ esac
 # python3 -m venv needs ensurepip, which Debian ships apart in python3-venv.
 missing=()
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
-for pair in "${needed[@]}"; do
+for pair in "${needed[@]+"${needed[@]}"}"; do
   bin=${pair%%:*}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/lib/rabbitmq/bin/$bin" ] || missing+=("${pair#*:}")
 done
@@ -41,12 +45,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t apt_packages < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "setup: installing ${apt_packages[*]}"
   SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+      echo "setup: as root, run: apt-get install ${apt_packages[*]}" >&2
+      exit 1
+    }
+    SUDO="sudo"
+  fi
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${apt_packages[@]}"
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# A .venv/ left without pip (made before python3-venv was there) is made again.
+.venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
+[ "$purpose" = venv ] && exit 0
 # A stamp per purpose and lock: the same lock, pyproject and purpose install once.
 stamp=".venv/.installed-$purpose-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then

@@ -653,18 +653,20 @@ def test_lock_pins_every_dependency_within_pyproject() -> None:
 
 def test_environment_is_exactly_the_lock() -> None:
     """The suite runs in a virtual environment holding, for everything the project needs
-    (transitively, with every extra), exactly the locked version: nothing floats, nothing
-    comes from the machine's own site-packages."""
+    (transitively, with every extra) and for pip and the build backend, exactly the locked
+    version: nothing floats, nothing comes from the machine's own site-packages."""
     assert sys.prefix != sys.base_prefix, "run the suite through scripts/test.sh (.venv/)"
     pins = _lock()
-    seen: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
     todo = [Requirement("celery-exporter[celery,msgpack,test,bench]")]
+    todo += [Requirement(tool) for tool in ("pip", "setuptools", "wheel")]
     while todo:
         requirement = todo.pop()
         name = canonicalize_name(requirement.name)
-        if name in seen:
+        # A package reached again with other extras brings their dependencies too.
+        if (name, frozenset(requirement.extras)) in seen:
             continue
-        seen.add(name)
+        seen.add((name, frozenset(requirement.extras)))
         dist = importlib.metadata.distribution(name)
         if name != "celery-exporter":
             assert pins.get(name) == dist.version, (
@@ -675,4 +677,5 @@ def test_environment_is_exactly_the_lock() -> None:
             wanted = [{"extra": e} for e in requirement.extras] or [{"extra": ""}]
             if child.marker is None or any(child.marker.evaluate(env) for env in wanted):
                 todo.append(child)
-    assert {"celery", "mypy", "pytest", "redis"} <= seen
+    names = {name for name, _extras in seen}
+    assert {"celery", "mypy", "pytest", "redis", "hiredis", "py-spy", "pip"} <= names

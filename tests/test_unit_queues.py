@@ -455,3 +455,18 @@ def test_learned_queues_are_capped_by_max_queues() -> None:
     assert state.refused == 2
     # Once "a" is forgotten, a refused queue takes its place.
     assert state.targets(["b", "c"], now=61.5) == ["always", "b", "c"]
+
+
+def test_a_queue_holding_messages_stays_polled() -> None:
+    """A learned queue that nothing names any more is forgotten after forget_after, unless
+    its last reading still holds messages: a stuck queue keeps celery_queue_length."""
+    state = QueueState(configured=[], forget_after=60)
+    assert state.targets(["stuck", "idle"], now=0.0) == ["stuck", "idle"]
+    state.publish({"stuck": QueueReading(5, {}), "idle": QueueReading(0, {}, unacked=0)})
+    assert state.targets([], now=50.0) == ["stuck", "idle"]
+    assert state.targets([], now=100.0) == ["stuck"]
+    state.publish({"stuck": QueueReading(0, {}, unacked=2)})
+    assert state.targets([], now=150.0) == ["stuck"]
+    state.publish({"stuck": QueueReading(0, {}, unacked=0)})
+    assert state.targets([], now=200.0) == ["stuck"]
+    assert state.targets([], now=260.0) == []

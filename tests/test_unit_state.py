@@ -711,8 +711,9 @@ def test_worker_series_leave_after_retention_and_free_their_slot() -> None:
 def test_other_only_while_more_workers_alive_than_the_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Three live workers with max_workers 2: the third folds into 'other', with one log line;
-    once the first two are released, a new worker takes its own name again."""
+    """Three live workers with max_workers 2: the third folds into 'other', one count per
+    event folded, with one log line; once the first two are released it takes its own name,
+    and so does a new one, while 'other' keeps what was counted under it."""
     h = Harness(max_workers=2, worker_retention_seconds=5.0)
     for host in ("celery@a", "celery@b", "celery@c"):
         h.pipeline.apply([WorkerEvent("worker-online", host, T0, 2.0, 0, 0, 0.0)])
@@ -731,17 +732,63 @@ def test_other_only_while_more_workers_alive_than_the_limit(
     }
     assert h.pipeline.stats().label_overflows["worker"] == 2
     assert len([r for r in caplog.records if "label values alive at once" in r.message]) == 1
-    # a and b leave; c (and with it 'other') lives on through its task events (the worker
-    # state, limited to two workers as well, does not track it).
+    # a and b leave; c, folded, keeps 'other' alive with a task event before the sweep.
     for host in ("celery@a", "celery@b"):
         h.pipeline.apply([WorkerEvent("worker-offline", host, T0)])
     h.clock.now = T0 + 5.5
     h.task("started", "4", T0 + 5.5, host="celery@c")
     h.pipeline.sweep()
     assert h.snap().received == {(ADD, "unknown", "other"): 2}
+    assert h.pipeline.stats().label_overflows["worker"] == 3
     h.task("received", "5", T0 + 6, host="celery@d", name=ADD)
     h.task("received", "6", T0 + 6, host="celery@c", name=ADD)
-    assert h.snap().received == {(ADD, "unknown", "other"): 3, (ADD, "unknown", "celery@d"): 1}
+    assert h.snap().received == {
+        (ADD, "unknown", "other"): 2,
+        (ADD, "unknown", "celery@d"): 1,
+        (ADD, "unknown", "celery@c"): 1,
+    }
+    assert h.pipeline.stats().label_overflows["worker"] == 3
+
+
+def test_folded_names_are_not_remembered() -> None:
+    """20,000 distinct queue names past max_queues 2: each folds into 'other' and none is
+    remembered, so the limiter holds the two admitted values and 'other', whatever comes."""
+    h = Harness(max_queues=2)
+    for number in range(20_000):
+        h.task("sent", f"t{number}", T0, host="gen@p", name=ADD, queue=f"tenant-{number}")
+    assert h.snap().sent == {(ADD, "tenant-0"): 1, (ADD, "tenant-1"): 1, (ADD, "other"): 19_998}
+    assert h.pipeline.tasks.labels.queue.alive == 3
+    assert h.pipeline.stats().label_overflows["queue"] == 19_998
+
+
+def test_a_worker_running_a_task_keeps_its_series() -> None:
+    """A worker the worker state does not hold (past its max_workers) keeps its series while
+    it runs a task longer than the retention, and while its heartbeats come."""
+    h = Harness(max_workers=1, worker_retention_seconds=5.0)
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0)])
+    h.pipeline.apply([WorkerEvent("worker-online", W2, T0, 2.0, 0, 0, 0.0)])  # not held
+    h.task("received", "long", T0, host=W2, name=ADD)
+    h.task("started", "long", T0, host=W2)
+    h.task("received", "beats", T0, host=W2, name=ADD)
+    h.task("succeeded", "beats", T0, host=W2, runtime=0.1)
+    for second in range(1, 20):
+        h.clock.now = T0 + second
+        h.pipeline.apply([WorkerEvent("worker-heartbeat", W1, T0 + second, 2.0, 0, 0, 0.0)])
+        h.pipeline.sweep()
+    assert h.snap().started == {(ADD, "unknown", W2): 1}
+    h.task("succeeded", "long", T0 + 20, host=W2, runtime=20.0)
+    assert h.snap().succeeded == {(ADD, "unknown", W2): 2}
+    # Its heartbeats alone keep it once nothing runs.
+    for second in range(21, 40):
+        h.clock.now = T0 + second
+        for host in (W1, W2):
+            h.pipeline.apply([WorkerEvent("worker-heartbeat", host, T0 + second, 2.0, 0, 2, 0.0)])
+        h.pipeline.sweep()
+    assert h.snap().succeeded == {(ADD, "unknown", W2): 2}
+    h.clock.now = T0 + 44.5
+    h.pipeline.apply([WorkerEvent("worker-heartbeat", W1, T0 + 44.5, 2.0, 0, 2, 0.0)])
+    h.pipeline.sweep()
+    assert h.snap().succeeded == {}
 
 
 def test_worker_value_lives_while_any_worker_mapped_to_it_does() -> None:
@@ -802,13 +849,22 @@ def test_queue_series_leave_after_queue_forget_unless_configured() -> None:
 
 
 def test_released_queue_comes_back_through_the_limit() -> None:
-    """A task whose queue was released meanwhile counts under it again, admitted anew."""
-    h = Harness(queue_forget_seconds=60.0)
-    h.task("sent", "1", T0, host="gen@p", name=ADD, queue="q")
-    h.task("received", "1", T0, host=W1, name=ADD)
+    """A task whose queue was released meanwhile counts under it again, admitted anew through
+    the limit: under its own name while a slot is free, as 'other' once it is not."""
+    h = Harness(queue_forget_seconds=60.0, max_queues=1)
+    for uuid in ("1", "2"):
+        h.task("sent", uuid, T0, host="gen@p", name=ADD, queue="q")
+        h.task("received", uuid, T0, host=W1, name=ADD)
     h.clock.now = T0 + 61
     h.pipeline.sweep()
     assert h.snap().sent == {}
     h.task("started", "1", T0 + 61, host=W1)
     assert h.snap().started == {(ADD, "q", W1): 1}
     assert h.pipeline.tasks.labels.queue.alive == 1
+    h.task("succeeded", "1", T0 + 61, host=W1, runtime=0.1)
+    h.clock.now = T0 + 122
+    h.pipeline.sweep()
+    h.task("sent", "3", T0 + 122, host="gen@p", name=ADD, queue="r")  # takes the one slot
+    h.task("started", "2", T0 + 122, host=W1)
+    assert h.snap().started == {(ADD, "other", W1): 1}
+    assert h.pipeline.stats().label_overflows["queue"] == 1

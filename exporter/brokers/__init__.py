@@ -27,6 +27,9 @@ def check(settings: Settings) -> str | None:
         scheme = url_scheme(url)
         shown = f"scheme {scheme!r}" if scheme else "without a scheme://"
         return f"broker_url {shown} is not supported; use one of " + ", ".join(sorted(SCHEMES))
+    problem = broker.check(settings, url)
+    if problem is not None:
+        return problem
     if settings.rabbitmq_management_url is not None and not isinstance(broker, AmqpBroker):
         return "rabbitmq_management_url needs an amqp:// broker_url"
     if settings.beat_redis_sources() and (
@@ -36,7 +39,7 @@ def check(settings: Settings) -> str | None:
             "beat_redis_key and beat_redbeat read Redis: set beat_redis_url "
             "when the broker is not Redis"
         )
-    return broker.check(settings, url)
+    return None
 
 
 def _broker(settings: Settings) -> tuple[Broker, str]:

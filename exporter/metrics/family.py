@@ -20,7 +20,7 @@ from operator import itemgetter
 from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest as text_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
@@ -32,7 +32,7 @@ _DIRECT_INT_LIMIT = 1_000_000  # below it an integer prints as "<n>.0", as Go's 
 CHUNK_CHARS = 256 * 1024
 # Typed here, so the calls need no ignore whichever allowed client_python is installed.
 _float_to_go: Callable[[float], str] = floatToGoString
-_openmetrics_latest: Callable[[CollectorRegistry], bytes] = openmetrics.generate_latest
+_openmetrics_latest: Callable[[CollectorRegistry], bytes] = om_exposition.generate_latest
 
 
 def format_value(value: float) -> str:

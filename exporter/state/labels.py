@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 OVERFLOW = "other"
 UNKNOWN = "unknown"
+_SHARED = frozenset({OVERFLOW, UNKNOWN})  # values that take no slot of a limit
 
 _WORKER_CACHE_SIZE = 10_000
 _EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
@@ -94,8 +95,8 @@ class LiveLabels:
     A value is held by the raw names mapped to it (nodenames for ``worker``, the queue itself
     for ``queue``) and lives while one of them was used lately; ``expire`` releases the rest
     and returns the values no name holds any more, whose series the caller removes, freeing
-    their slots. Past the limit new names fold into ``other`` until slots free up, and keep it
-    until they are released themselves, so their counters never split.
+    their slots. Past the limit a new name folds into ``other`` and is not remembered (hostile
+    input cannot grow this), so once slots free up its next use takes its own value.
     """
 
     def __init__(
@@ -115,41 +116,47 @@ class LiveLabels:
         self._holders: dict[str, int] = {}  # value -> raw names mapped to it
         self._limited = 0  # values in _holders that count against the limit
         self._overflowing = False
-        self.overflow = 0
+        self.overflow = 0  # uses folded into 'other'
 
     def __call__(self, raw: str, now: float) -> str:
         value = self._value.get(raw)
         if value is None:
-            value = self._admit(raw)
+            value = self._value_of(raw)[: self._max_length]
+            if value in _SHARED:
+                value = OVERFLOW if value == OVERFLOW else UNKNOWN
+            elif value not in self._holders and self._limited >= self._limit:
+                self._fold()
+                raw = value = OVERFLOW  # 'other' holds itself, for as long as folds come
+                if raw in self._value:
+                    self._used[raw] = now
+                    return value
+            self._hold(raw, value)
         self._used[raw] = now
-        if value is OVERFLOW and raw != OVERFLOW:
-            self.overflow += 1
         return value
 
-    def _admit(self, raw: str) -> str:
-        value = self._value_of(raw)[: self._max_length]
+    def touch(self, raw: str, now: float) -> None:
+        """Mark a known name used without admitting it (a worker's heartbeat)."""
+        if raw in self._used:
+            self._used[raw] = now
+
+    def _hold(self, raw: str, value: str) -> None:
         held = self._holders.get(value)
-        if held is None:
-            if value in (OVERFLOW, UNKNOWN):
-                value = OVERFLOW if value == OVERFLOW else UNKNOWN
-            elif self._limited >= self._limit:
-                value = OVERFLOW
-                if not self._overflowing:
-                    self._overflowing = True
-                    log.warning(
-                        "more than %d %s label values alive at once: new ones are exported "
-                        "as 'other' until older ones are released "
-                        "(celery_exporter_label_overflow_total{label=%r})",
-                        self._limit,
-                        self._label,
-                        self._label,
-                    )
-            else:
-                self._limited += 1
-            held = self._holders.get(value, 0)
-        self._holders[value] = held + 1
+        if held is None and value not in _SHARED:
+            self._limited += 1
+        self._holders[value] = (held or 0) + 1
         self._value[raw] = value
-        return value
+
+    def _fold(self) -> None:
+        self.overflow += 1
+        if not self._overflowing:
+            self._overflowing = True
+            log.warning(
+                "more than %d %s label values alive at once: new ones are exported as 'other' "
+                "until older ones are released (celery_exporter_label_overflow_total{label=%r})",
+                self._limit,
+                self._label,
+                self._label,
+            )
 
     def expire(self, before: float, keep: Callable[[str], bool]) -> set[str]:
         """Release names last used before ``before`` (unless ``keep``); return freed values."""
@@ -164,7 +171,7 @@ class LiveLabels:
                 continue
             del self._holders[value]
             freed.add(value)
-            if value not in (OVERFLOW, UNKNOWN):
+            if value not in _SHARED:
                 self._limited -= 1
         if self._overflowing and self._limited < self._limit:
             self._overflowing = False

@@ -45,8 +45,15 @@ class QueueState:
             return self._readings
 
     def targets(self, seen: Iterable[str], now: float) -> list[str]:
-        """Queues to poll: configured ones always, others while seen within ``forget_after``."""
+        """Queues to poll: configured ones always, others while seen within ``forget_after``.
+
+        A queue whose last reading still holds messages counts as seen: a stuck queue that no
+        producer names any more must not drop out of celery_queue_length (and its alerts).
+        """
         deadline = now - self._forget_after
+        for queue, reading in self.read().items():
+            if queue in self._last_seen and (reading.length or reading.unacked):
+                self._last_seen[queue] = now
         self._last_seen = {q: t for q, t in self._last_seen.items() if t >= deadline}
         for queue in seen:
             if queue in self._last_seen or len(self._last_seen) < self._max_learned:

@@ -441,12 +441,17 @@ class TaskState:
         """Remove every series of a worker or queue value nothing used lately.
 
         A worker value goes once none of its nodenames is known to the worker state (alive or
-        retained) or sent a task event within the retention; a queue value once no task of it
-        ran or had an event for ``queue_forget`` seconds and it is not configured. Their
-        limiter slots free up with them.
+        retained), runs a task, or sent an event within the retention; a queue value once no
+        task of it runs or had an event for ``queue_forget`` seconds and it is not configured.
+        Their limiter slots free up with them.
         """
-        running_queues = {task.queue for task in self.running.values()}
-        workers = self.labels.worker.expire(now - self._worker_retention, worker_known)
+        running = self.running.values()
+        running_queues = {task.queue for task in running}
+        running_workers = {task.hostname for task in running}
+        workers = self.labels.worker.expire(
+            now - self._worker_retention,
+            lambda hostname: hostname in running_workers or worker_known(hostname),
+        )
         queues = self.labels.queue.expire(
             now - self._queue_forget,
             lambda queue: queue in running_queues or queue in self._configured_queues,
