@@ -16,11 +16,18 @@ def _module(path: Path) -> str:
 def _imports(path: Path, modules: set[str]) -> set[str]:
     """Modules of the package ``path`` imports, at the top or inside a function."""
     found: set[str] = set()
+    package = _module(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x, from ..y import z
+                parent = package[: len(package) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
         found.update(name for name in names if name in modules)
