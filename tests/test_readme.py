@@ -1,4 +1,5 @@
-"""The README's flag and metric tables match the code (UPDATE_README=1 rewrites them)."""
+"""The README for users: its metric table (and docs/configuration.md's flag table) match the
+code (UPDATE_README=1 rewrites them), it stays short, and its links lead somewhere."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from exporter.cli import env_name, flag_name
 from exporter.metrics.defs import ALL
 from exporter.settings import options
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+CONFIGURATION = REPO / "docs" / "configuration.md"
+MAX_README_BYTES = 25 * 1024
 
 
 def _cell(text: str) -> str:
@@ -45,18 +49,35 @@ def flags_table() -> str:
     return "\n".join(rows)
 
 
-@pytest.mark.parametrize(("marker", "render"), [("metrics", metrics_table), ("flags", flags_table)])
-def test_readme_table_matches_code(marker: str, render: object) -> None:
-    """The table between the README markers is exactly what the code defines."""
+@pytest.mark.parametrize(
+    ("path", "marker", "render"),
+    [(README, "metrics", metrics_table), (CONFIGURATION, "flags", flags_table)],
+    ids=["metrics", "flags"],
+)
+def test_table_matches_code(path: Path, marker: str, render: object) -> None:
+    """The table between the markers is exactly what the code defines."""
     assert callable(render)
-    text = README.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
     pattern = re.compile(
         rf"(<!-- {marker}-table:start -->\n)(.*?)(\n<!-- {marker}-table:end -->)", re.S
     )
     match = pattern.search(text)
-    assert match, f"README lacks the {marker}-table markers"
+    assert match, f"{path.name} lacks the {marker}-table markers"
     expected = render()
     if os.environ.get("UPDATE_README") == "1" and match.group(2) != expected:
-        README.write_text(pattern.sub(lambda m: m.group(1) + expected + m.group(3), text))
+        path.write_text(pattern.sub(lambda m: m.group(1) + expected + m.group(3), text))
         return
-    assert match.group(2) == expected, f"README {marker} table is stale: UPDATE_README=1 pytest"
+    assert match.group(2) == expected, f"{path.name} {marker} table is stale: UPDATE_README=1"
+
+
+def test_readme_is_short() -> None:
+    """What a user reads first fits in 25 KB; the rest lives in docs/."""
+    assert len(README.read_bytes()) <= MAX_README_BYTES
+
+
+@pytest.mark.parametrize("path", [README, *sorted((REPO / "docs").glob("*.md"))], ids=str)
+def test_relative_links_lead_to_files(path: Path) -> None:
+    """Every relative link of the README and docs/ names a file of the repository."""
+    targets = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8"))
+    missing = [t for t in targets if not (path.parent / t).exists()]
+    assert missing == []
