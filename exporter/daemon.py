@@ -67,6 +67,7 @@ class Daemon:
             on_worker_gone=self._worker_gone,
             worker_filter=worker_filter,
         )
+        self.view = self.pipeline.view
         self.source: EventSource = brokers.event_source(settings, self.pipeline)
         self.pollers: list[Poller] = []
         self.beat: BeatState | None = None
@@ -89,7 +90,7 @@ class Daemon:
             )
         registry = build_registry(
             settings=settings,
-            pipeline=self.pipeline,
+            view=self.view,
             resolver=self.resolver,
             sources=[self.source.status],
             inspector=self.inspector,
@@ -128,8 +129,8 @@ class Daemon:
         context = QueueContext(
             state=state,
             seen_queues=self._queues_seen,
-            sent_times=self.pipeline.sent_at,
-            sent_seen=self.pipeline.sends_task_sent,
+            sent_times=self.view.sent_at,
+            sent_seen=self.view.sends_task_sent,
             clock=self._clock,
         )
         probe = brokers.queue_probe(settings, context)
@@ -146,7 +147,7 @@ class Daemon:
         return state
 
     def _queues_seen(self) -> set[str]:
-        seen = self.pipeline.queues_seen()
+        seen = self.view.queues_seen()
         for queues in self.resolver.worker_queues.values():
             seen.update(queues)
         return seen
@@ -156,17 +157,17 @@ class Daemon:
         if self.inspector is not None:
             self.inspector.forget_worker(hostname)
 
+    # The inspector is built before the pipeline (it hears of new workers from it).
     def _known_workers(self) -> list[str]:
-        _, workers = self.pipeline.worker_snapshot()
-        return [worker.hostname for worker in workers if worker.up]
+        return self.view.known_workers()
 
     def _live_workers(self) -> int:
-        return self.pipeline.live_workers()
+        return self.view.live_workers()
 
     def readiness(self) -> Readiness:
         """Ready when the event source is connected and, if asked, events are fresh."""
         checks = {"events_source": "connected" if self.source.status.connected else "down"}
-        dropped_at = self.pipeline.last_broker_drop()
+        dropped_at = self.view.last_broker_drop()
         if dropped_at is not None and self._clock() - dropped_at < DROPS_SHOWN_SECONDS:
             # Degraded, not unready: restarting the exporter would only lose more.
             checks["broker_drops"] = (
@@ -175,7 +176,7 @@ class Daemon:
         ready = self.source.status.connected
         max_age = self.settings.ready_max_event_age_seconds
         if max_age > 0:
-            last = self.pipeline.stats().last_event_at
+            last = self.view.stats().last_event_at
             age = None if last is None else self._clock() - last
             fresh = age is not None and age <= max_age
             checks["last_event"] = "none yet" if age is None else f"{age:.1f}s ago"

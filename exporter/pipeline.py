@@ -1,4 +1,5 @@
-"""Decode to state: the single entry point event sources feed, and the lock scrapes share.
+"""Decode to state: the single entry point event sources feed, the lock, and the one
+read-only view (``StateView``) collectors, probes and the daemon read state through.
 
 Sources hand over whole batches (everything one socket read produced), so the lock is taken once
 per batch rather than once per event.
@@ -72,6 +73,7 @@ class EventPipeline:
         self._last_event_at: float | None = None
         self._last_event_lag: float | None = None
         self._last_broker_drop = -math.inf
+        self.view = StateView(self)  # what everything else reads
 
     def feed_redis(self, messages: Iterable[bytes]) -> None:
         """Apply kombu Redis envelopes, as published on the event channel."""
@@ -106,10 +108,6 @@ class EventPipeline:
                 events,
                 reason.value,
             )
-
-    def last_broker_drop(self) -> float | None:
-        """When the broker last dropped events for us (our clock), if ever."""
-        return None if self._last_broker_drop == -math.inf else self._last_broker_drop
 
     def apply(self, decoded: list[Decoded]) -> None:
         """Apply decoded events and count refusals, all under one lock acquisition."""
@@ -189,53 +187,79 @@ class EventPipeline:
             dropped[DropReason.DUPLICATE.value] = self.tasks.duplicates
         return dropped
 
+
+class StateView:
+    """What the rest of the daemon reads of the event state: collectors, probes, inspection
+    and readiness. Each call copies what it returns under the pipeline's lock, so no reader
+    ever holds live state, and none can change it."""
+
+    def __init__(self, pipeline: EventPipeline) -> None:
+        self._pipeline = pipeline
+        self._lock = pipeline.lock
+        self._tasks = pipeline.tasks
+        self._workers = pipeline.workers
+        self._clock = pipeline._clock
+        self.duration_buckets = pipeline.tasks.duration_buckets
+        self.queue_wait_buckets = pipeline.tasks.queue_wait_buckets
+
+    def tasks(self) -> TaskSnapshot:
+        """Task state for a scrape; rendering happens outside the lock."""
+        with self._lock:
+            return self._tasks.snapshot()
+
+    def workers(self) -> tuple[float, list[WorkerSnapshot]]:
+        """Worker state for a scrape, with the time it was judged at."""
+        now = self._clock()
+        with self._lock:
+            return now, self._workers.snapshot(now)
+
+    def known_workers(self) -> list[str]:
+        """Workers up now."""
+        _, workers = self.workers()
+        return [worker.hostname for worker in workers if worker.up]
+
+    def live_workers(self) -> int:
+        now = self._clock()
+        with self._lock:
+            return self._workers.live_count(now)
+
+    def stats(self) -> PipelineStats:
+        """The pipeline's own counters for a scrape."""
+        pipeline = self._pipeline
+        with self._lock:
+            return PipelineStats(
+                events=dict(pipeline._events),
+                dropped=pipeline._dropped_with_duplicates(),
+                last_event_at=pipeline._last_event_at,
+                last_event_lag=pipeline._last_event_lag,
+                tracked_tasks=self._tasks.tracked,
+                evictions=self._tasks.evictions,
+                label_overflows=self._tasks.labels.overflows(),
+                workers_over_limit=self._workers.dropped_over_limit,
+            )
+
+    def last_broker_drop(self) -> float | None:
+        """When the broker last dropped events for us (our clock), if ever."""
+        dropped_at = self._pipeline._last_broker_drop
+        return None if dropped_at == -math.inf else dropped_at
+
     def sent_at(self, uuids: list[str]) -> dict[str, float]:
         """task-sent time of each still-queued task id that has one."""
-        with self.lock:
-            return self.tasks.sent_at(uuids)
+        with self._lock:
+            return self._tasks.sent_at(uuids)
 
     def sends_task_sent(self) -> bool:
         """Whether producers were seen sending task-sent lately."""
         now = self._clock()
-        with self.lock:
-            return self.tasks.sent_recently(now)
+        with self._lock:
+            return self._tasks.sent_recently(now)
 
     def queues_seen(self) -> set[str]:
         """Queues named by task-sent events so far."""
-        with self.lock:
-            return self.tasks.queues_seen()
+        with self._lock:
+            return self._tasks.queues_seen()
 
     def last_seen(self) -> dict[str, float]:
         """Latest task-sent (else task-received) time of each watched task name."""
-        with self.lock:
-            return dict(self.tasks.last_seen)
-
-    def live_workers(self) -> int:
-        now = self._clock()
-        with self.lock:
-            return self.workers.live_count(now)
-
-    def task_snapshot(self) -> TaskSnapshot:
-        """Copy task state for a scrape; rendering happens outside the lock."""
-        with self.lock:
-            return self.tasks.snapshot()
-
-    def worker_snapshot(self) -> tuple[float, list[WorkerSnapshot]]:
-        """Copy worker state for a scrape, with the time it was judged at."""
-        now = self._clock()
-        with self.lock:
-            return now, self.workers.snapshot(now)
-
-    def stats(self) -> PipelineStats:
-        """Copy the pipeline's own counters for a scrape."""
-        with self.lock:
-            return PipelineStats(
-                events=dict(self._events),
-                dropped=self._dropped_with_duplicates(),
-                last_event_at=self._last_event_at,
-                last_event_lag=self._last_event_lag,
-                tracked_tasks=self.tasks.tracked,
-                evictions=self.tasks.evictions,
-                label_overflows=self.tasks.labels.overflows(),
-                workers_over_limit=self.workers.dropped_over_limit,
-            )
+        with self._lock:
+            return dict(self._tasks.last_seen)

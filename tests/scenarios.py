@@ -311,7 +311,9 @@ def replay(
     applied = Expected()
     for event_type, count in counts.items():
         applied.add_partial("celery_exporter_events_total", count, type=event_type)
-    return hostname, wait_for_metrics(exporter.port, applied, SETTLE_SECONDS)
+    wait_for_metrics(exporter.port, applied, SETTLE_SECONDS)
+    # A fresh page: within one, the task collector's snapshot precedes the event counts.
+    return hostname, scrape(exporter.port)
 
 
 def interleaved_retry_events(task_id: str) -> list[CraftedEvent]:

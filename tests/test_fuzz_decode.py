@@ -162,10 +162,10 @@ def test_twenty_thousand_mutants_are_counted_and_the_next_valid_event_still_is()
         assert _typed(decoded)
         expected_drops += sum(1 for item in decoded if type(item) is Dropped)
         pipeline.feed_redis([raw])
-    stats = pipeline.stats()
+    stats = pipeline.view.stats()
     # Repeated task-failed of one task id are refused later, by the state, as duplicates.
     refused = {reason: n for reason, n in stats.dropped.items() if reason != "duplicate"}
     assert sum(refused.values()) == expected_drops
     before = stats.events.get("worker-heartbeat", 0)
     pipeline.feed_redis([envelope(json.dumps(SEEDS[2]).encode())])
-    assert pipeline.stats().events.get("worker-heartbeat", 0) == before + 1
+    assert pipeline.view.stats().events.get("worker-heartbeat", 0) == before + 1

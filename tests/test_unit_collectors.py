@@ -108,7 +108,7 @@ class Exporter:
             )
         self.registry = build_registry(
             settings=settings,
-            pipeline=self.pipeline,
+            view=self.pipeline.view,
             resolver=self.resolver,
             sources=[self.source],
             inspector=self.inspector,

@@ -391,8 +391,8 @@ def test_pickle_payload_is_never_unpickled(tmp_path: Path) -> None:
     pipeline = _pipeline()
     pipeline.feed_redis([raw])
     pipeline.feed_bodies([(payload, PICKLE)])
-    assert pipeline.stats().dropped == {"unsafe_content_type": 2}
-    assert pipeline.stats().events == {}
+    assert pipeline.view.stats().dropped == {"unsafe_content_type": 2}
+    assert pipeline.view.stats().events == {}
     assert not marker.exists()
 
     # Control: the payload is armed, so the assertion above proves something.
@@ -707,7 +707,7 @@ def test_pipeline_counts_events_and_drops_by_reason() -> None:
     )
     pipeline.feed_bodies([(json.dumps(task_fields("task-succeeded", uuid="a")).encode(), JSON)])
     pipeline.drop_unreadable("frame too short")
-    stats = pipeline.stats()
+    stats = pipeline.view.stats()
     assert stats.events == {
         "task-received": 1,
         "task-started": 1,

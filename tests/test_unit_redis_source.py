@@ -116,11 +116,11 @@ def test_backlog_is_kept_compressed_and_counted_exactly(
             held = _settled(lambda: source.status.buffered_bytes, 20)
         assert 0 < held < sent / 3, f"{held} bytes held for {sent} bytes sent"
         wait_until(
-            lambda: pipeline.stats().events.get("task-started", 0) == EVENTS,
+            lambda: pipeline.view.stats().events.get("task-started", 0) == EVENTS,
             20,
-            lambda: f"counted {pipeline.stats().events}",
+            lambda: f"counted {pipeline.view.stats().events}",
         )
-        stats = pipeline.stats()
+        stats = pipeline.view.stats()
         assert stats.events == {"task-started": EVENTS}
         assert stats.dropped == {}
         wait_until(lambda: source.status.buffered_bytes == 0, 5, "the backlog never drained")
@@ -173,11 +173,11 @@ def test_reader_compresses_while_the_packer_is_behind(
         else:
             assert 0 < held < sent / 3, f"{held} bytes held for {sent} bytes sent"
         wait_until(
-            lambda: pipeline.stats().events.get("task-started", 0) == EVENTS,
+            lambda: pipeline.view.stats().events.get("task-started", 0) == EVENTS,
             20,
-            lambda: f"counted {pipeline.stats().events}",
+            lambda: f"counted {pipeline.view.stats().events}",
         )
-        assert pipeline.stats().dropped == {}
+        assert pipeline.view.stats().dropped == {}
         wait_until(lambda: source.status.buffered_bytes == 0, 5, "the backlog never drained")
     client.close()
 
@@ -215,13 +215,13 @@ def test_consumer_waits_while_the_packer_is_behind(redis_server: RedisServer) ->
     consumer.start()
     try:
         time.sleep(0.5)
-        assert pipeline.stats().events == {}
+        assert pipeline.view.stats().events == {}
         reader.busy.clear()
-        wait_until(lambda: pipeline.stats().events == {"task-started": 1}, 5, "not parsed")
+        wait_until(lambda: pipeline.view.stats().events == {"task-started": 1}, 5, "not parsed")
         reader.busy.set()
         reader.chunks.put(_pmessage(channel, message))
         time.sleep(0.2)
-        assert pipeline.stats().events == {"task-started": 1}
+        assert pipeline.view.stats().events == {"task-started": 1}
     finally:
         stop.set()
         consumer.join(5)

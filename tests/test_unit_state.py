@@ -60,7 +60,7 @@ class Harness:
         self.pipeline.apply([TaskEvent(f"task-{etype}", uuid, host, ts, **fields)])
 
     def snap(self) -> TaskSnapshot:
-        return self.pipeline.task_snapshot()
+        return self.pipeline.view.tasks()
 
 
 def hist(counts: list[int], total: float) -> HistogramSnapshot:
@@ -93,7 +93,7 @@ def test_full_lifecycle_counts_and_histograms() -> None:
     assert snap.duration == {(*key, "succeeded"): hist([0, 0, 1, 0], 1.25)}
     assert snap.queue_wait == {key: hist([0, 1, 0, 0], 3.0)}
     assert snap.running == []
-    stats = h.pipeline.stats()
+    stats = h.pipeline.view.stats()
     assert stats.events == {
         "task-sent": 1,
         "task-received": 1,
@@ -250,7 +250,7 @@ def test_repeated_end_event_is_counted_once() -> None:
     assert snap.failed == {(ADD, "unknown", W1, "TimeLimitExceeded"): 1}
     assert snap.timeouts == {(ADD, "unknown", "hard"): 1}
     assert snap.duration == {(ADD, "unknown", W1, "failed"): hist([0, 0, 1, 0], 5.0)}
-    assert h.pipeline.stats().dropped == {"duplicate": 1}
+    assert h.pipeline.view.stats().dropped == {"duplicate": 1}
 
 
 def test_same_end_event_of_a_new_attempt_is_counted() -> None:
@@ -261,7 +261,7 @@ def test_same_end_event_of_a_new_attempt_is_counted() -> None:
         h.task("started", "a", T0 + 10 * attempt + 1)
         h.task("retried", "a", T0 + 10 * attempt + 2)
     assert h.snap().retried == {(ADD, "unknown", W1): 2}
-    assert h.pipeline.stats().dropped == {}
+    assert h.pipeline.view.stats().dropped == {}
 
 
 # --- ordering ---
@@ -433,7 +433,7 @@ def test_capacity_eviction_counts_and_releases_held_events() -> None:
     h.clock.now = T0 + 5
     for i in range(100):
         h.task("received", f"id-{i}", T0 + 5, name=ADD)
-    stats = h.pipeline.stats()
+    stats = h.pipeline.view.stats()
     assert stats.evictions == {"capacity": 1, "ttl": 0}
     assert stats.tracked_tasks == 100
     snap = h.snap()
@@ -466,7 +466,7 @@ def test_lru_keeps_recently_touched_ids() -> None:
     snap = h.snap()
     assert snap.succeeded == {(ADD, "unknown", W1): 1}
     assert snap.started == {(ADD, "unknown", W1): 1}
-    assert h.pipeline.stats().evictions == {"capacity": 2, "ttl": 0}
+    assert h.pipeline.view.stats().evictions == {"capacity": 2, "ttl": 0}
 
 
 def test_ttl_eviction_counts_idle_ids() -> None:
@@ -478,7 +478,7 @@ def test_ttl_eviction_counts_idle_ids() -> None:
     h.task("started", "b", T0 + 30)
     h.clock.now = T0 + 61
     h.pipeline.sweep()
-    stats = h.pipeline.stats()
+    stats = h.pipeline.view.stats()
     assert stats.evictions == {"capacity": 0, "ttl": 2}
     assert stats.tracked_tasks == 1
 
@@ -489,7 +489,7 @@ def test_ttl_eviction_releases_held_events() -> None:
     h.task("retried", "a", T0)
     h.clock.now = T0 + 6
     h.pipeline.sweep()
-    assert h.pipeline.stats().evictions == {"capacity": 0, "ttl": 1}
+    assert h.pipeline.view.stats().evictions == {"capacity": 0, "ttl": 1}
     assert h.snap().retried == {("unknown", "unknown", W1): 1}
 
 
@@ -514,7 +514,7 @@ def test_task_label_limit_folds_into_other_and_counts_overflow() -> None:
         ("other", "unknown", W1): 2,
     }
     assert snap.started == snap.succeeded
-    assert h.pipeline.stats().label_overflows == {
+    assert h.pipeline.view.stats().label_overflows == {
         "task": 2,
         "queue": 0,
         "worker": 0,
@@ -538,7 +538,7 @@ def test_queue_worker_and_exception_limits_fold_into_other() -> None:
         (ADD, "q1", W1, "ValueError"): 1,
         (ADD, "other", "other", "other"): 1,
     }
-    assert h.pipeline.stats().label_overflows == {
+    assert h.pipeline.view.stats().label_overflows == {
         "task": 0,
         "queue": 1,
         "worker": 2,
@@ -639,7 +639,7 @@ def test_worker_removed_after_retention_forgets_its_running_tasks_and_queues() -
     assert h.snap().running == []
     # W2 is down since its heartbeat expired at T0 + 16: it stays until T0 + 76.
     assert h.resolver.worker_queues == {W2: ("q",)}
-    assert [w.hostname for w in h.pipeline.worker_snapshot()[1]] == [W2]
+    assert [w.hostname for w in h.pipeline.view.workers()[1]] == [W2]
 
 
 # --- sidecar mode ---
@@ -661,7 +661,7 @@ def test_worker_filter_counts_only_matching_workers_and_no_task_sent() -> None:
     assert snap.received == {(ADD, "default", W1): 1}
     assert snap.started == {(ADD, "default", W1): 1}
     assert snap.succeeded == {(ADD, "default", W1): 1}
-    assert [w.hostname for w in h.pipeline.worker_snapshot()[1]] == [W1]
+    assert [w.hostname for w in h.pipeline.view.workers()[1]] == [W1]
 
 
 # --- churn: worker and queue values leave again ---
@@ -697,7 +697,7 @@ def test_worker_series_leave_after_retention_and_free_their_slot() -> None:
         # The pod that just left is retained; the one before it went 2 s ago, within 3 s.
         assert _workers_in(snap) == {host} | ({f"celery@pod-{number - 1}"} if number else set())
     assert snap.succeeded[("app.tasks.t0", "celery", "celery@pod-2999")] == 1
-    assert h.pipeline.stats().label_overflows["worker"] == 0
+    assert h.pipeline.view.stats().label_overflows["worker"] == 0
     h.clock.now += 3.1
     h.pipeline.sweep()
     snap = h.snap()
@@ -730,7 +730,7 @@ def test_other_only_while_more_workers_alive_than_the_limit(
         (ADD, "unknown", "celery@b"): 1,
         (ADD, "unknown", "other"): 2,
     }
-    assert h.pipeline.stats().label_overflows["worker"] == 2
+    assert h.pipeline.view.stats().label_overflows["worker"] == 2
     assert len([r for r in caplog.records if "label values alive at once" in r.message]) == 1
     # a and b leave; c, folded, keeps 'other' alive with a task event before the sweep.
     for host in ("celery@a", "celery@b"):
@@ -739,7 +739,7 @@ def test_other_only_while_more_workers_alive_than_the_limit(
     h.task("started", "4", T0 + 5.5, host="celery@c")
     h.pipeline.sweep()
     assert h.snap().received == {(ADD, "unknown", "other"): 2}
-    assert h.pipeline.stats().label_overflows["worker"] == 3
+    assert h.pipeline.view.stats().label_overflows["worker"] == 3
     h.task("received", "5", T0 + 6, host="celery@d", name=ADD)
     h.task("received", "6", T0 + 6, host="celery@c", name=ADD)
     assert h.snap().received == {
@@ -747,7 +747,7 @@ def test_other_only_while_more_workers_alive_than_the_limit(
         (ADD, "unknown", "celery@d"): 1,
         (ADD, "unknown", "celery@c"): 1,
     }
-    assert h.pipeline.stats().label_overflows["worker"] == 3
+    assert h.pipeline.view.stats().label_overflows["worker"] == 3
 
 
 def test_folded_names_are_not_remembered() -> None:
@@ -758,7 +758,7 @@ def test_folded_names_are_not_remembered() -> None:
         h.task("sent", f"t{number}", T0, host="gen@p", name=ADD, queue=f"tenant-{number}")
     assert h.snap().sent == {(ADD, "tenant-0"): 1, (ADD, "tenant-1"): 1, (ADD, "other"): 19_998}
     assert h.pipeline.tasks.labels.queue.alive == 3
-    assert h.pipeline.stats().label_overflows["queue"] == 19_998
+    assert h.pipeline.view.stats().label_overflows["queue"] == 19_998
 
 
 def test_a_worker_running_a_task_keeps_its_series() -> None:
@@ -835,7 +835,7 @@ def test_queue_series_leave_after_queue_forget_unless_configured() -> None:
         h.task("sent", f"f{number}", T0 + number * 100.0, host="gen@p", name=ADD, queue="fixed")
         h.pipeline.sweep()
         assert {queue for _task, queue in h.snap().sent} == {queue, "fixed"}
-    assert h.pipeline.stats().label_overflows["queue"] == 0
+    assert h.pipeline.view.stats().label_overflows["queue"] == 0
     assert h.snap().succeeded == {("app.tasks.t0", "tenant-49", "celery@pod-0"): 1}
     # A task still running keeps its queue past the forget time.
     h.task("sent", "long", T0 + 5000, host="gen@p", name=ADD, queue="long")
@@ -867,4 +867,4 @@ def test_released_queue_comes_back_through_the_limit() -> None:
     h.task("sent", "3", T0 + 122, host="gen@p", name=ADD, queue="r")  # takes the one slot
     h.task("started", "2", T0 + 122, host=W1)
     assert h.snap().started == {(ADD, "other", W1): 1}
-    assert h.pipeline.stats().label_overflows["queue"] == 1
+    assert h.pipeline.view.stats().label_overflows["queue"] == 1

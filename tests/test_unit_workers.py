@@ -163,9 +163,9 @@ def test_pipeline_calls_new_worker_and_worker_gone_hooks() -> None:
     pipeline.apply([online(W1), beat(W1), beat(W2)])
     pipeline.apply([beat(W1)])
     assert seen == [W1, W2]
-    assert pipeline.live_workers() == 2
+    assert pipeline.view.live_workers() == 2
     clock[0] = 116.001
     pipeline.sweep()
     assert gone == [W1, W2]
-    assert pipeline.live_workers() == 0
-    assert pipeline.stats().events == {"worker-online": 1, "worker-heartbeat": 3}
+    assert pipeline.view.live_workers() == 0
+    assert pipeline.view.stats().events == {"worker-online": 1, "worker-heartbeat": 3}

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client.metrics_core import Metric
 
 from exporter.metrics import defs
-from exporter.pipeline import EventPipeline
+from exporter.pipeline import StateView
 from exporter.settings import Settings
 from exporter.state.beat import BeatState
 
@@ -19,7 +19,7 @@ class BeatCollector:
         self,
         *,
         settings: Settings,
-        pipeline: EventPipeline,
+        view: StateView,
         beat: BeatState | None,
         clock: Callable[[], float],
     ) -> None:
@@ -29,13 +29,13 @@ class BeatCollector:
         self._lock_timeout = settings.beat_redbeat_lock_timeout_seconds
         self._max_age = settings.beat_max_heartbeat_age_seconds
         self._periodic = dict(settings.periodic_tasks)
-        self._pipeline = pipeline
+        self._view = view
         self._beat = beat
         self._clock = clock
 
     def _heartbeats(self) -> dict[str, float | None]:
         """Newest heartbeat per enabled source; None where none was seen."""
-        last_seen = self._pipeline.last_seen()
+        last_seen = self._view.last_seen()
         heartbeats: dict[str, float | None] = {}
         # The events source appears once its task was seen: an app without Beat, or without
         # the heartbeat task installed, must not look like a dead Beat.
@@ -76,7 +76,7 @@ class BeatCollector:
             yield ttl
             yield due
         if self._periodic:
-            last_seen = self._pipeline.last_seen()
+            last_seen = self._view.last_seen()
             sent, interval = defs.PERIODIC_LAST_SENT.gauge(), defs.PERIODIC_INTERVAL.gauge()
             for task, expected in self._periodic.items():
                 interval.add_metric([task], expected)

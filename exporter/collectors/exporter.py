@@ -14,7 +14,7 @@ from exporter.events.status import SourceStatus
 from exporter.inspect import InspectStats
 from exporter.metrics import defs
 from exporter.metrics.family import ScalarFamily
-from exporter.pipeline import EventPipeline
+from exporter.pipeline import StateView
 from exporter.poller import Poller
 from exporter.state.queues import QueueState
 
@@ -25,14 +25,14 @@ class ExporterCollector:
     def __init__(
         self,
         *,
-        pipeline: EventPipeline,
+        view: StateView,
         sources: Sequence[SourceStatus],
         results: CollectorResults,
         inspections: InspectStats | None,
         pollers: Sequence[Poller],
         queues: QueueState | None = None,
     ) -> None:
-        self._pipeline = pipeline
+        self._view = view
         self._sources = sources
         self._results = results
         self._inspections = inspections
@@ -41,7 +41,7 @@ class ExporterCollector:
         self._build = [__version__, platform.python_version(), kombu.__version__]
 
     def collect(self) -> Iterable[Metric]:
-        stats = self._pipeline.stats()
+        stats = self._view.stats()
         build = defs.BUILD_INFO.gauge()
         build.add_metric(self._build, 1.0)
         yield build

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client.metrics_core import Metric
 
 from exporter.metrics import defs
-from exporter.pipeline import EventPipeline
+from exporter.pipeline import StateView
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
 
@@ -20,13 +20,13 @@ class QueueCollector:
         self,
         *,
         state: QueueState,
-        pipeline: EventPipeline,
+        view: StateView,
         resolver: QueueResolver,
         by_priority: bool,
         clock: Callable[[], float],
     ) -> None:
         self._state = state
-        self._pipeline = pipeline
+        self._view = view
         self._resolver = resolver
         self._by_priority = by_priority
         self._clock = clock
@@ -65,7 +65,7 @@ class QueueCollector:
 
     def _workers_family(self) -> Metric:
         """Live workers per queue, from inspection."""
-        _, workers = self._pipeline.worker_snapshot()
+        _, workers = self._view.workers()
         live = {worker.hostname for worker in workers if worker.up}
         per_queue: dict[str, int] = {}
         for hostname, queues in self._resolver.worker_queues.items():

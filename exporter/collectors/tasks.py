@@ -8,7 +8,7 @@ from prometheus_client.metrics_core import Metric
 
 from exporter.metrics import defs
 from exporter.metrics.family import HistogramFamily
-from exporter.pipeline import EventPipeline
+from exporter.pipeline import StateView
 from exporter.state.tasks import HistogramSnapshot, Key3, Key4
 
 
@@ -32,21 +32,21 @@ class TaskCollector:
     def __init__(
         self,
         *,
-        pipeline: EventPipeline,
+        view: StateView,
         clock: Callable[[], float],
         sla: Mapping[str, float],
         sla_default: float,
     ) -> None:
-        self._pipeline = pipeline
+        self._view = view
         self._clock = clock
         self._sla = dict(sla)
         self._sla_default = sla_default
         # Formatted once: they never change while the process lives.
-        self._duration_bounds = bounds_text(pipeline.tasks.duration_buckets)
-        self._queue_wait_bounds = bounds_text(pipeline.tasks.queue_wait_buckets)
+        self._duration_bounds = bounds_text(view.duration_buckets)
+        self._queue_wait_bounds = bounds_text(view.queue_wait_buckets)
 
     def collect(self) -> Iterable[Metric]:
-        snap = self._pipeline.task_snapshot()
+        snap = self._view.tasks()
         now = self._clock()
         for definition, values in (
             (defs.TASK_SENT, snap.sent),

@@ -8,7 +8,7 @@ from prometheus_client.metrics_core import Metric
 
 from exporter.inspect import Inspector
 from exporter.metrics import defs
-from exporter.pipeline import EventPipeline
+from exporter.pipeline import StateView
 from exporter.state.routing import QueueResolver
 from exporter.state.workers import WorkerSnapshot
 
@@ -43,20 +43,20 @@ class WorkerCollector:
     def __init__(
         self,
         *,
-        pipeline: EventPipeline,
+        view: StateView,
         resolver: QueueResolver,
         inspector: Inspector | None,
         expected: int,
         expected_per_queue: Mapping[str, int],
     ) -> None:
-        self._pipeline = pipeline
+        self._view = view
         self._resolver = resolver
         self._inspector = inspector
         self._expected = expected
         self._expected_per_queue = dict(expected_per_queue)
 
     def collect(self) -> Iterable[Metric]:
-        _, workers = self._pipeline.worker_snapshot()
+        _, workers = self._view.workers()
         yield from _heartbeat_families(workers)
         # Inspection replies can outlive a worker by an interval: show known workers only.
         known = {worker.hostname for worker in workers}
