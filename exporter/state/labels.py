@@ -114,7 +114,6 @@ class LiveLabels:
         self._value: dict[str, str] = {}  # raw name -> its value
         self._used: dict[str, float] = {}  # raw name -> last use, our clock
         self._holders: dict[str, int] = {}  # value -> raw names mapped to it
-        self._limited = 0  # values in _holders that count against the limit
         self._overflowing = False
         self.overflow = 0  # uses folded into 'other'
 
@@ -122,17 +121,18 @@ class LiveLabels:
         value = self._value.get(raw)
         if value is None:
             value = self._value_of(raw)[: self._max_length]
-            if value in _SHARED:
-                value = OVERFLOW if value == OVERFLOW else UNKNOWN
-            elif value not in self._holders and self._limited >= self._limit:
+            if value not in self._holders and value not in _SHARED and self._full():
                 self._fold()
                 raw = value = OVERFLOW  # 'other' holds itself, for as long as folds come
-                if raw in self._value:
-                    self._used[raw] = now
-                    return value
-            self._hold(raw, value)
+            if raw not in self._value:
+                self._hold(raw, value)
         self._used[raw] = now
         return value
+
+    def _full(self) -> bool:
+        """Whether as many values as the limit allows are held, 'other' and 'unknown' aside."""
+        shared = sum(value in self._holders for value in _SHARED)
+        return len(self._holders) - shared >= self._limit
 
     def touch(self, raw: str, now: float) -> None:
         """Mark a known name used without admitting it (a worker's heartbeat)."""
@@ -140,10 +140,7 @@ class LiveLabels:
             self._used[raw] = now
 
     def _hold(self, raw: str, value: str) -> None:
-        held = self._holders.get(value)
-        if held is None and value not in _SHARED:
-            self._limited += 1
-        self._holders[value] = (held or 0) + 1
+        self._holders[value] = self._holders.get(value, 0) + 1
         self._value[raw] = value
 
     def _fold(self) -> None:
@@ -171,9 +168,7 @@ class LiveLabels:
                 continue
             del self._holders[value]
             freed.add(value)
-            if value not in _SHARED:
-                self._limited -= 1
-        if self._overflowing and self._limited < self._limit:
+        if self._overflowing and not self._full():
             self._overflowing = False
             log.info("%s label values back under the limit of %d", self._label, self._limit)
         return freed
