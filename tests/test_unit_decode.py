@@ -675,6 +675,8 @@ def _pipeline() -> EventPipeline:
         name_wait=10.0,
         duration_buckets=[1.0],
         queue_wait_buckets=[1.0],
+        worker_retention=3600.0,
+        queue_forget=900.0,
     )
     workers = WorkerState(timeout_heartbeats=3.0, retention=3600.0, max_workers=100)
     return EventPipeline(

@@ -153,6 +153,8 @@ def test_pipeline_calls_new_worker_and_worker_gone_hooks() -> None:
             name_wait=1.0,
             duration_buckets=[1.0],
             queue_wait_buckets=[1.0],
+            worker_retention=10.0,
+            queue_forget=900.0,
         ),
         workers=state(retention=10.0),
         clock=lambda: clock[0],

@@ -159,9 +159,9 @@ class TaskState:
         duration_buckets: Sequence[float],
         queue_wait_buckets: Sequence[float],
         watched: frozenset[str] = frozenset(),
+        worker_retention: float,
+        queue_forget: float,
         worker_filter: WorkerFilter | None = None,
-        worker_retention: float = 3600.0,
-        queue_forget: float = 900.0,
         configured_queues: frozenset[str] = frozenset(),
     ) -> None:
         self.labels = labels
