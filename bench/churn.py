@@ -49,6 +49,7 @@ from bench.workload import SimEvent, task_names
 
 PODS = 10_000
 QUICK_PODS = 1_500
+MIN_PODS = 1_000  # 25 s: two thirds of it past the warm-up
 PODS_PER_SECOND = 40.0
 POD_SECONDS = 1.5
 HEARTBEAT_SECONDS = 0.5
@@ -127,9 +128,7 @@ class _Stream:
         for task in range(TASKS_PER_POD):
             self._task(born + 0.1 + task * (POD_SECONDS - 0.2) / TASKS_PER_POD, host)
         if number % KILLED_EVERY != KILLED_EVERY - 1:
-            self._emit(died, host, "worker-offline", freq=HEARTBEAT_SECONDS, active=0,
-                       processed=TASKS_PER_POD, loadavg=[0.5, 0.4, 0.3],
-                       sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux")  # fmt: skip
+            self._beat(died, host, "worker-offline", TASKS_PER_POD)
 
     def _steady(self) -> None:
         at, beat = self.start, 0
@@ -305,8 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_PODS} pods")
     args = parser.parse_args(argv)
     pods = QUICK_PODS if args.quick else args.pods
-    if pods < 100:
-        parser.error("--pods must be at least 100")
+    if pods < MIN_PODS:
+        parser.error(
+            f"--pods must be at least {MIN_PODS}: the plateau needs a run past the warm-up"
+        )
     started = time.monotonic()
     load = load_average()
     exporter_args = ("--worker-retention-seconds", str(RETENTION_SECONDS))
