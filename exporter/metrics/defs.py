@@ -246,8 +246,7 @@ SOURCE_DISCONNECTS = MetricDef(
 )  # fmt: skip
 EVENT_BUFFER = MetricDef(
     "celery_exporter_event_buffer_bytes", "gauge",
-    "Bytes read from the broker and not yet decoded, as held in memory (zstd-compressed while "
-    "a backlog builds up on Redis).",
+    "Bytes read from the broker and not yet decoded (Redis).",
 )  # fmt: skip
 LAST_EVENT = MetricDef(
     "celery_exporter_last_event_timestamp_seconds", "gauge",
