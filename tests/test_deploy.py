@@ -34,6 +34,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from alerts import generate as alerts_generate
 from deploy import generate
 from exporter.cli import build_parser
 from exporter.config import load_settings
@@ -106,18 +107,18 @@ def helm() -> str:
 
 
 def helm_template(
-    helm: str, values: dict[str, str], *, release: str = RELEASE
+    helm: str, values: dict[str, str], *, release: str = RELEASE, extra: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     """`helm template` of the chart with these --set values, in namespace celery."""
     sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
-    return run(
-        [helm, "template", release, str(CHART), "--namespace", NAMESPACE, *sets],
-    )
+    return run([helm, "template", release, str(CHART), "--namespace", NAMESPACE, *sets, *extra])
 
 
-def render_chart(helm: str, values: dict[str, str], *, release: str = RELEASE) -> list[Doc]:
+def render_chart(
+    helm: str, values: dict[str, str], *, release: str = RELEASE, extra: tuple[str, ...] = ()
+) -> list[Doc]:
     """The chart's objects for these values, as parsed documents."""
-    result = helm_template(helm, values, release=release)
+    result = helm_template(helm, values, release=release, extra=extra)
     assert result.returncode == 0, f"helm template {values}: {result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -566,6 +567,133 @@ def test_dashboards_become_labelled_config_maps(rendered: dict[str, list[Doc]]) 
         assert matches[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
+@pytest.mark.parametrize("render", ["defaults", "sidecar-keda"])
+def test_chart_passes_helm_lint_strict(helm: str, render: str) -> None:
+    """helm lint --strict (templates, values schema, Chart.yaml) passes with the defaults and
+    with every optional object on."""
+    sets = [arg for key, value in RENDERS[render].items() for arg in ("--set", f"{key}={value}")]
+    result = run([helm, "lint", "--strict", str(CHART), *sets])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_broker_secret_reaches_every_exporter(helm: str) -> None:
+    """broker.existingSecret and broker.key name the Secret the Deployment mounts for
+    --broker-url-file and the sidecars (and the example's Celery containers) read as
+    CELERY_BROKER_URL."""
+    docs = render_chart(
+        helm, {**RENDERS["sidecar"], "broker.existingSecret": "orders-broker", "broker.key": "dsn"}
+    )
+    pod = named(docs, "Deployment", "celery-exporter")["spec"]["template"]["spec"]
+    (volume,) = pod["volumes"]
+    assert volume["secret"]["secretName"] == "orders-broker"
+    assert volume["secret"]["items"] == [{"key": "dsn", "path": "url"}]
+    (container,) = pod["containers"]
+    assert "--broker-url-file=/etc/celery-exporter/broker/url" in container["args"]
+    assert container["volumeMounts"] == [
+        {"name": volume["name"], "mountPath": "/etc/celery-exporter/broker", "readOnly": True}
+    ]
+    reference = {"secretKeyRef": {"name": "orders-broker", "key": "dsn"}}
+    for name in ("celery-worker", "celery-beat"):
+        for container in named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            assert env["CELERY_BROKER_URL"]["valueFrom"] == reference, f"{name}/{container['name']}"
+
+
+def test_values_reach_the_exporter_pod(helm: str, tmp_path: Path) -> None:
+    """Image, replicas, annotations, scheduling, resources, extra args and env, and the
+    security context are taken from the values."""
+    values = {
+        "image": {"repository": "registry.test/celery-exporter", "tag": "9.9.9"},
+        "replicaCount": 0,
+        "podAnnotations": {"example.test/scrape": "no"},
+        "podLabels": {"team": "orders"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "64Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        },
+        "extraArgs": ["--inspect-interval-seconds=0"],
+        "extraEnv": [{"name": "CELERY_EXPORTER_LOG_LEVEL", "value": "debug"}],
+        "podSecurityContext": {"runAsUser": 20002, "runAsNonRoot": True},
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    deployment = named(
+        render_chart(helm, {}, extra=("-f", str(path))), "Deployment", "celery-exporter"
+    )
+    assert deployment["spec"]["replicas"] == 0
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"] == values["podAnnotations"]
+    assert template["metadata"]["labels"]["team"] == "orders"
+    pod = template["spec"]
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        assert pod[key] == values[key], key
+    assert pod["securityContext"]["runAsUser"] == 20002
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.test/celery-exporter:9.9.9"
+    assert container["resources"] == values["resources"]
+    assert container["args"][-1] == "--inspect-interval-seconds=0"
+    assert container["env"] == values["extraEnv"]
+    assert exporter_options(container)["log_level"] == "debug"
+
+
+def test_release_name_changes_names_not_the_job(helm: str) -> None:
+    """Another release gets its own names and selectors, but its monitors still scrape under
+    job celery-exporter, which the alerts and dashboards select."""
+    values = {**RENDERS["sidecar"], "dashboards.namespace": "grafana"}
+    docs = render_chart(helm, values, release="orders")
+    deployment = named(docs, "Deployment", "orders-celery-exporter")
+    service = named(docs, "Service", "orders-celery-exporter")
+    assert service["spec"]["selector"]["app.kubernetes.io/instance"] == "orders"
+    assert selects(
+        {"matchLabels": service["spec"]["selector"]},
+        deployment["spec"]["template"]["metadata"]["labels"],
+    )
+    job = {"action": "replace", "targetLabel": "job", "replacement": "celery-exporter"}
+    (endpoint,) = named(docs, "ServiceMonitor", "orders-celery-exporter")["spec"]["endpoints"]
+    assert job in endpoint["relabelings"]
+    (endpoint,) = named(docs, "PodMonitor", "orders-celery-exporter-sidecars")["spec"][
+        "podMetricsEndpoints"
+    ]
+    assert job in endpoint["relabelings"]
+    assert {m["metadata"]["namespace"] for m in of_kind(docs, "ConfigMap")} == {"grafana"}
+
+
+def test_runbook_base_url_value_links_every_alert(helm: str, tmp_path: Path) -> None:
+    """prometheusRule.runbookBaseUrl gives the PrometheusRule exactly the rules that
+    `python -m alerts.generate --runbook-base-url` renders."""
+    url = "https://github.com/someone/celery-exporter/blob/main/alerts/runbook.md"
+    out = tmp_path / "linked.rules.yml"
+    assert alerts_generate.main(["--runbook-base-url", url, "--out", str(out)]) == 0
+    docs = render_chart(
+        helm, {"prometheusRule.enabled": "true", "prometheusRule.runbookBaseUrl": url}
+    )
+    rule = named(docs, "PrometheusRule", "celery-exporter")
+    assert rule["spec"] == yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert "runbook_url" in json.dumps(rule["spec"])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicaCount": "2"}, "/replicaCount"),
+        ({"placement": "daemonset"}, "/placement"),
+        ({"broker.existingSecret": ""}, "/broker/existingSecret"),
+        ({"prometheusRule.runbookBaseUrl": "github.com/x"}, "/prometheusRule/runbookBaseUrl"),
+    ],
+)
+def test_values_schema_refuses_unsafe_values(
+    helm: str, values: dict[str, str], message: str
+) -> None:
+    """A second replica, an unknown placement, no Secret or a relative runbook link fail at
+    render time, naming the value."""
+    result = helm_template(helm, values)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
 def _fixture_sources(root: Path) -> None:
     (root / "alerts").mkdir()
     (root / "alerts" / "celery.rules.yml").write_text(
@@ -661,6 +789,8 @@ def test_dockerfile_agrees_with_the_manifests(rendered: dict[str, list[Doc]]) ->
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", text, re.MULTILINE)
     assert "ARG PYTHON_IMAGE=python:3.11-slim\n" in text
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    assert chart["appVersion"] == version, "the chart's default image tag is the exporter's"
     for exporter in exporters(rendered):
         assert exporter.container["image"].endswith(f":{version}"), exporter.name
 
