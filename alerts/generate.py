@@ -3,6 +3,12 @@
     python -m alerts.generate                       # rewrite alerts/celery.rules.yml
     python -m alerts.generate --check               # exit 1 when the committed file is stale
     python -m alerts.generate --config F --out G    # render a variant (tests lower thresholds)
+    python -m alerts.generate --runbook-base-url URL --out G  # links into your runbook copy
+
+Each alert carries its runbook steps (the Diagnosis and Mitigation of its alerts/runbook.md
+section) in the `runbook` annotation, so a notification says what to do without a link that
+must resolve. `runbook_url` (base URL + '#' + the lowercased alert name, GitHub's anchor for
+the section's heading) is added only when a base URL is configured.
 
 The PromQL lives here, every number in the config. Output is built as text (block scalars for
 expressions, JSON-quoted strings elsewhere) and then parsed back to prove it says what was meant.
@@ -18,13 +24,16 @@ import re
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "config.yml"
 DEFAULT_OUT = HERE / "celery.rules.yml"
+DEFAULT_RUNBOOK = HERE / "runbook.md"
+# The parts of a runbook section that say what to do; Meaning is the description's job.
+RUNBOOK_STEPS = ("Diagnosis", "Mitigation")
 
 Severity = Literal["critical", "warning", "info"]
 ParamKind = Literal["number", "ratio", "duration"]
@@ -113,6 +122,7 @@ class Config:
     rate_window: str
     duration_quantile: float
     alerts: Mapping[str, tuple[Level, ...]]
+    runbook: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +287,46 @@ def parse_config(data: object) -> Config:
     )
 
 
+# --- reading the runbook ---
+
+
+def _unwrap(markdown: str) -> str:
+    """Markdown paragraphs and list items, one line each (wrapped lines joined)."""
+    items: list[str] = []
+    fresh = True
+    for raw in markdown.strip().splitlines():
+        line = raw.strip()
+        if not line:
+            fresh = True
+        elif fresh or line.startswith("- "):
+            items.append(line)
+            fresh = False
+        else:
+            items[-1] += " " + line
+    return "\n".join(items)
+
+
+def runbook_steps(text: str, names: Sequence[str]) -> dict[str, str]:
+    """What to do for each alert: its `## <name>` section's Diagnosis and Mitigation."""
+    chunks = re.split(r"^## (\S+)\n", text, flags=re.MULTILINE)
+    sections = dict(zip(chunks[1::2], chunks[2::2], strict=True))
+    out: dict[str, str] = {}
+    for name in names:
+        if name not in sections:
+            raise ConfigError(f"runbook: no section '## {name}'")
+        parts = re.split(r"^\*\*(\w+)\.\*\*", sections[name], flags=re.MULTILINE)
+        found = dict(zip(parts[1::2], parts[2::2], strict=True))
+        steps = []
+        for step in RUNBOOK_STEPS:
+            if not found.get(step, "").strip():
+                raise ConfigError(f"runbook: section {name} has no **{step}.** paragraph")
+            body = _unwrap(found[step])
+            gap = "\n" if body.startswith("- ") else " "  # a list starts on its own line
+            steps.append(f"{step}:{gap}{body}")
+        out[name] = "\n".join(steps)
+    return out
+
+
 # --- building the rules ---
 
 
@@ -332,11 +382,9 @@ class Builder:
 
     def annotations(self, name: str, summary: str, description: str) -> dict[str, str]:
         assert summary.endswith("."), name
-        out = {
-            "summary": summary,
-            "description": description,
-            "runbook_url": f"{self.config.runbook_base_url}#{name.lower()}",
-        }
+        out = {"summary": summary, "description": description, "runbook": self.config.runbook[name]}
+        if self.config.runbook_base_url:
+            out["runbook_url"] = f"{self.config.runbook_base_url}#{name.lower()}"
         if self.config.dashboard_url:
             out["dashboard_url"] = self.config.dashboard_url
         return out
@@ -780,9 +828,22 @@ def as_data(groups: Sequence[tuple[str, Sequence[Rule]]]) -> dict[str, object]:
     return {"groups": [{"name": g, "rules": [r.as_dict() for r in rules]} for g, rules in groups]}
 
 
-def generate(config_path: Path) -> str:
-    """Rules file text for the config at config_path, checked by parsing it back."""
-    groups = build(parse_config(load_yaml(config_path)))
+def generate(
+    config_path: Path, runbook_base_url: str | None = None, runbook_path: Path = DEFAULT_RUNBOOK
+) -> str:
+    """Rules file text for the config at config_path, checked by parsing it back.
+    runbook_base_url, when given, replaces the config's."""
+    config = parse_config(load_yaml(config_path))
+    try:
+        runbook = runbook_path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{runbook_path}: {err}") from err
+    config = replace(
+        config,
+        runbook=runbook_steps(runbook, list(PARAMS)),
+        runbook_base_url=config.runbook_base_url if runbook_base_url is None else runbook_base_url,
+    )
+    groups = build(config)
     text = render(groups)
     if parse_yaml(text, "rendered rules") != as_data(groups):
         raise AssertionError("the rendered YAML does not parse back to the rules built")
@@ -796,9 +857,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when --out differs from a fresh render"
     )
+    parser.add_argument(
+        "--runbook-base-url",
+        help="URL of your copy of alerts/runbook.md, for runbook_url (default: the config's)",
+    )
     args = parser.parse_args(argv)
     try:
-        text = generate(args.config)
+        text = generate(args.config, args.runbook_base_url)
     except ConfigError as err:
         sys.stderr.write(f"alerts.generate: {err}\n")
         return 2

@@ -17,7 +17,7 @@ from bench.recording import Message
 from bench.report import MIB, Figure, Section, at_least, below, equals
 
 TARGET_RATE = {"unbatched": 60_000.0, "batched": 83_000.0}
-# The pod's memory request (deploy/base/deployment.yaml): a burst must fit in it.
+# The pod's memory request (charts/celery-exporter/values.yaml): a burst must fit in it.
 TARGET_PEAK_RSS_MIB = 128.0
 
 

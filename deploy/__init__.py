@@ -1,1 +1,1 @@
-"""Kubernetes deployment of the exporter: kustomize bases and overlays, and their generator."""
+"""Kubernetes deployment: the generator feeding the Helm chart its rules and dashboards."""

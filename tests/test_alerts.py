@@ -206,13 +206,20 @@ def test_rules_read_only_metrics_in_the_golden_exposition() -> None:
     assert used - recorded - {"up"} - samples == set()
 
 
-def test_every_alert_is_annotated_and_has_a_runbook_section() -> None:
-    """Each alert has for:, a severity, a summary ending in '.', a templated description, and a
-    runbook_url to its own runbook.md section."""
-    base = str(_mapping(generate.load_yaml(ALERTS / "config.yml"))["runbook_base_url"])
-    headings = set(re.findall(r"^## (\w+)$", RUNBOOK.read_text(encoding="utf-8"), re.M))
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for the headings: lowercased, spaces to '-', punctuation dropped."""
+    headings = re.findall(r"^#+ (.+)$", markdown, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_alert_is_annotated_and_carries_its_runbook_steps() -> None:
+    """Each alert has for:, a severity, a summary ending in '.', a templated description, and
+    the Diagnosis and Mitigation of its runbook.md section; no runbook_url by default."""
+    runbook = RUNBOOK.read_text(encoding="utf-8")
+    headings = set(re.findall(r"^## (\w+)$", runbook, re.M))
     alerts = [rule for rule in _rules() if "alert" in rule]
     assert {str(rule["alert"]) for rule in alerts} == set(generate.PARAMS) == headings
+    assert _mapping(generate.load_yaml(ALERTS / "config.yml"))["runbook_base_url"] == ""
     for rule in alerts:
         name = str(rule["alert"])
         labels, notes = _mapping(rule["labels"]), _mapping(rule["annotations"])
@@ -221,7 +228,64 @@ def test_every_alert_is_annotated_and_has_a_runbook_section() -> None:
         assert str(notes["summary"]).endswith("."), name
         assert "{{" not in str(notes["summary"]), name
         assert "$labels." in str(notes["description"]), name
-        assert notes["runbook_url"] == f"{base}#{name.lower()}", name
+        assert set(notes) == {"summary", "description", "runbook"}, name
+        section = runbook.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        steps = str(notes["runbook"])
+        # Prometheus expands annotations as templates: the steps must stay plain text.
+        assert "{{" not in steps, name
+        diagnosis, mitigation = steps.split("\nMitigation: ")
+        assert diagnosis.startswith("Diagnosis:"), name
+        # Every word of the two paragraphs, in order, and nothing else.
+        wanted = section.split("**Diagnosis.**", 1)[1].replace("**Mitigation.**", "")
+        got = diagnosis.removeprefix("Diagnosis:") + " " + mitigation
+        assert got.split() == wanted.split(), name
+
+
+def test_runbook_base_url_adds_links_to_existing_sections(tmp_path: Path) -> None:
+    """--runbook-base-url gives every alert runbook_url = URL#<lowercased name>, an anchor
+    GitHub makes for one of runbook.md's headings."""
+    url = "https://github.com/someone/celery-exporter/blob/main/alerts/runbook.md"
+    out = tmp_path / "linked.rules.yml"
+    assert generate.main(["--runbook-base-url", url, "--out", str(out)]) == 0
+    anchors = _anchors(RUNBOOK.read_text(encoding="utf-8"))
+    groups = _list(_mapping(generate.load_yaml(out))["groups"])
+    alerts = [
+        _mapping(rule)
+        for group in groups
+        for rule in _list(_mapping(group)["rules"])
+        if "alert" in _mapping(rule)
+    ]
+    assert len(alerts) == len([rule for rule in _rules() if "alert" in rule])
+    for rule in alerts:
+        link = str(_mapping(rule["annotations"])["runbook_url"])
+        base, anchor = link.split("#")
+        assert base == url and anchor == str(rule["alert"]).lower(), link
+        assert anchor in anchors, link
+    # Only the links differ from the committed file.
+    stripped = re.sub(r'\n +runbook_url: "[^"]*"', "", out.read_text(encoding="utf-8"))
+    assert stripped == RULES.read_text(encoding="utf-8")
+
+
+def test_generate_refuses_a_runbook_section_without_steps(tmp_path: Path) -> None:
+    """An alert whose runbook section lacks Mitigation is an error naming both."""
+    runbook = tmp_path / "runbook.md"
+    text = RUNBOOK.read_text(encoding="utf-8")
+    runbook.write_text(text.replace("**Mitigation.** Restart Beat", "Restart Beat"))
+    with pytest.raises(generate.ConfigError, match=r"CeleryBeatHeartbeatStale has no .*Mitigation"):
+        generate.generate(ALERTS / "config.yml", runbook_path=runbook)
+
+
+def test_shipped_files_name_no_placeholder_organisation() -> None:
+    """No shipped link points at a placeholder GitHub organisation."""
+    tracked = _run("git", "ls-files").stdout.split()
+    hits = [
+        path
+        for path in tracked
+        if not path.startswith("tests/")
+        and (ROOT / path).is_file()
+        and "example-org" in (ROOT / path).read_text(encoding="utf-8", errors="replace")
+    ]
+    assert hits == []
 
 
 def test_every_rule_has_promtool_cases() -> None:

