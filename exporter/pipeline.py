@@ -22,8 +22,9 @@ from exporter.events.model import (
     TaskEvent,
     WorkerEvent,
 )
+from exporter.state.accounts import TaskSnapshot
 from exporter.state.labels import WorkerFilter
-from exporter.state.tasks import TaskSnapshot, TaskState
+from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerSnapshot, WorkerState
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,8 @@ class StateView:
         self._tasks = pipeline.tasks
         self._workers = pipeline.workers
         self._clock = pipeline._clock
-        self.duration_buckets = pipeline.tasks.duration_buckets
-        self.queue_wait_buckets = pipeline.tasks.queue_wait_buckets
+        self.duration_buckets = pipeline.tasks.accounts.duration_buckets
+        self.queue_wait_buckets = pipeline.tasks.accounts.queue_wait_buckets
 
     def tasks(self) -> TaskSnapshot:
         """Task state for a scrape; rendering happens outside the lock."""

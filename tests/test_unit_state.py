@@ -11,9 +11,10 @@ import pytest
 from exporter.config import load_settings
 from exporter.events.model import TaskEvent, WorkerEvent
 from exporter.pipeline import EventPipeline
+from exporter.state.accounts import HistogramSnapshot, RunningTask, TaskSnapshot
 from exporter.state.labels import WorkerFilter, exception_class
 from exporter.state.routing import QueueResolver
-from exporter.state.tasks import HistogramSnapshot, RunningTask, TaskSnapshot, TaskState
+from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
 from tests.helpers import Clock
 

@@ -9,7 +9,7 @@ from prometheus_client.metrics_core import Metric
 from exporter.metrics import defs
 from exporter.metrics.family import HistogramFamily
 from exporter.pipeline import StateView
-from exporter.state.tasks import HistogramSnapshot, Key3, Key4
+from exporter.state.accounts import HistogramSnapshot, Key3, Key4
 
 
 def _histogram(

@@ -1,33 +1,29 @@
-"""Task state: uuid correlation, per-label counters and histograms, running tasks.
+"""Task correlation: which task, queue and attempt each event belongs to, and when to count it.
 
 Only task-sent and task-received name the task, so later events are joined to them by uuid through
 a bounded map. Events of a uuid whose name is not known yet (started arriving before received,
 or a task-sent that is late) are held for ``name_wait`` seconds and counted once the name (and,
-where producers send task-sent, the queue) comes, or with ``unknown`` when it does not.
-Counters are plain dicts keyed by label tuples: the per-event cost is a dict update, and
-families are built at scrape time.
+where producers send task-sent, the queue) comes, or with ``unknown`` when it does not. What an
+event counts towards lives in ``exporter.state.accounts``.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
 
 from exporter.events.model import (
     TASK_FAILED,
     TASK_RECEIVED,
-    TASK_REJECTED,
-    TASK_RETRIED,
-    TASK_REVOKED,
     TASK_SENT,
     TASK_STARTED,
     TASK_SUCCEEDED,
     TaskEvent,
 )
 from exporter.settings import Settings
+from exporter.state.accounts import Key3, RunningTask, TaskAccounts, TaskSnapshot
 from exporter.state.bounded import BoundedMap
 from exporter.state.labels import (
     OVERFLOW,
@@ -38,39 +34,18 @@ from exporter.state.labels import (
 )
 from exporter.state.routing import QueueResolver
 
-# Celery reports time limits as task-failed with these exceptions: the hard limit kills the
-# pool process (TimeLimitExceeded), the soft one raises inside the task.
 # How long after the last task-sent producers are still assumed to send them.
 SENT_MEMORY = 600.0
-TIMEOUT_KINDS = {"TimeLimitExceeded": "hard", "SoftTimeLimitExceeded": "soft"}
-
-# Label tuples: (task, queue), (task, queue, worker), (task, queue, worker, exception|state).
-Key2 = tuple[str, str]
-Key3 = tuple[str, str, str]
-Key4 = tuple[str, str, str, str]
 
 
-class Histogram:
-    """Per-bucket (not cumulative) counts and a sum; cumulated at scrape time."""
+class Stage(enum.Enum):
+    """Where a task id stands, by the latest event counted for it."""
 
-    __slots__ = ("counts", "total")
-
-    def __init__(self, size: int) -> None:
-        self.counts = [0] * size
-        self.total = 0.0
-
-
-class HistogramSnapshot(NamedTuple):
-    counts: list[int]
-    total: float
-
-
-class RunningTask(NamedTuple):
-    task: str
-    queue: str
-    hostname: str
-    started_at: float  # the worker's clock, for durations
-    seen_at: float  # ours, for ages
+    HELD = enum.auto()  # events wait for the name or the queue (``pending``); nothing counted
+    WAITING = enum.auto()  # named; no attempt started yet
+    RUNNING = enum.auto()  # an attempt started
+    ENDED = enum.auto()  # an attempt ended; a retry may follow
+    FAILED = enum.auto()  # an attempt ended with task-failed (a second one is a duplicate)
 
 
 class _Record:
@@ -78,13 +53,13 @@ class _Record:
 
     __slots__ = (
         "attempts",
-        "ended",
         "ends",
         "label",
         "name",
         "next_attempt",
         "pending",
         "queue",
+        "stage",
         "started_at",
         "starts",
         "touched",
@@ -102,8 +77,8 @@ class _Record:
         self.starts = 0
         self.ends = 0
         self.started_at: float | None = None
-        self.pending: list[TaskEvent] | None = None
-        self.ended: str | None = None  # the event type that ended the latest attempt
+        self.stage = Stage.WAITING
+        self.pending: list[TaskEvent] | None = None  # while HELD
         self.touched = 0.0  # last use, for the bounded map's LRU order and TTL
 
 
@@ -118,31 +93,6 @@ def parse_eta(text: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-class TaskSnapshot(NamedTuple):
-    """A consistent copy of everything the task collector renders."""
-
-    sent: dict[Key2, int]
-    received: dict[Key3, int]
-    started: dict[Key3, int]
-    succeeded: dict[Key3, int]
-    failed: dict[Key4, int]
-    retried: dict[Key3, int]
-    rejected: dict[Key3, int]
-    revoked: dict[Key3, int]
-    timeouts: dict[Key3, int]
-    last_seen: dict[str, float]
-    duration: dict[Key4, HistogramSnapshot]
-    queue_wait: dict[Key3, HistogramSnapshot]
-    running: list[RunningTask]
-
-
-K = TypeVar("K")
-
-
-def _copy_histograms(source: dict[K, Histogram]) -> dict[K, HistogramSnapshot]:
-    return {key: HistogramSnapshot(list(h.counts), h.total) for key, h in source.items()}
 
 
 class TaskState:
@@ -167,26 +117,15 @@ class TaskState:
         self.labels = labels
         self._resolver = resolver
         self._name_wait = name_wait
-        self.duration_buckets = tuple(duration_buckets)
-        self.queue_wait_buckets = tuple(queue_wait_buckets)
+        self.accounts = TaskAccounts(
+            duration_buckets=duration_buckets, queue_wait_buckets=queue_wait_buckets
+        )
         self._records: BoundedMap[str, _Record] = BoundedMap(
             max_size=max_tasks, ttl=ttl, on_evict=self._on_evict
         )
         self._now = 0.0  # the latest time given to apply() or sweep()
         self._held: dict[str, float] = {}  # uuid -> when its first event was held back
         self._last_sent = -math.inf  # our time of the latest task-sent
-        self.sent: dict[Key2, int] = {}
-        self.received: dict[Key3, int] = {}
-        self.started: dict[Key3, int] = {}
-        self.succeeded: dict[Key3, int] = {}
-        self.failed: dict[Key4, int] = {}
-        self.retried: dict[Key3, int] = {}
-        self.rejected: dict[Key3, int] = {}
-        self.revoked: dict[Key3, int] = {}
-        self.timeouts: dict[Key3, int] = {}  # (task, queue, kind)
-        self.duration: dict[Key4, Histogram] = {}
-        self.queue_wait: dict[Key3, Histogram] = {}
-        self.running: dict[str, RunningTask] = {}
         self.duplicates = 0  # repeated end events of one attempt, not counted again
         # Task names whose latest task-sent (else task-received) time is kept: Beat's
         # heartbeat task and the periodic tasks named in the config.
@@ -195,14 +134,6 @@ class TaskState:
         # and neither is task-sent (producers are counted by the standalone exporter).
         self._counts = worker_filter or WorkerFilter(None)
         self.last_seen: dict[str, float] = {}
-        self._counters: dict[str, dict[Key3, int]] = {
-            TASK_RECEIVED: self.received,
-            TASK_STARTED: self.started,
-            TASK_SUCCEEDED: self.succeeded,
-            TASK_RETRIED: self.retried,
-            TASK_REJECTED: self.rejected,
-            TASK_REVOKED: self.revoked,
-        }
         self._worker_retention = worker_retention
         self._queue_forget = queue_forget
         self._configured_queues = configured_queues
@@ -243,13 +174,13 @@ class TaskState:
             self._on_sent(record, event, now)
         elif kind == TASK_RECEIVED:
             self._on_received(record, event, now)
-        elif record.name is None or record.pending is not None:
+        elif record.name is None or record.stage is Stage.HELD:
             self._hold(event, record, now)
             return
         else:
             self._count(record, event, now)
             return
-        if record.pending is not None and not self._awaits_sent(record, event.hostname, now):
+        if record.stage is Stage.HELD and not self._awaits_sent(record, event.hostname, now):
             self._release(event.uuid, record, now)
 
     def _on_sent(self, record: _Record, event: TaskEvent, now: float) -> None:
@@ -266,7 +197,7 @@ class TaskState:
             self._attempts(record)[attempt] = (event.timestamp, parse_eta(event.eta), True)
         key = (record.label or UNKNOWN, record.queue or self.labels.queue(UNKNOWN, now))
         if not self._counts.active:
-            self.sent[key] = self.sent.get(key, 0) + 1
+            self.accounts.count_sent(key)
 
     def _on_received(self, record: _Record, event: TaskEvent, now: float) -> None:
         if event.name:
@@ -278,7 +209,7 @@ class TaskState:
             if record.name is not None and record.name in self._watched:
                 self._seen(record.name, event.timestamp)
             attempts[attempt] = (event.timestamp, parse_eta(event.eta), False)
-        if record.pending is not None or self._awaits_sent(record, event.hostname, now):
+        if record.stage is Stage.HELD or self._awaits_sent(record, event.hostname, now):
             self._hold(event, record, now)
         else:
             self._count(record, event, now)
@@ -322,6 +253,7 @@ class TaskState:
 
     def _hold(self, event: TaskEvent, record: _Record, now: float) -> None:
         if record.pending is None:
+            record.stage = Stage.HELD
             record.pending = []
             self._held[event.uuid] = now
         record.pending.append(event)
@@ -335,24 +267,19 @@ class TaskState:
 
     def _count(self, record: _Record, event: TaskEvent, now: float) -> None:
         kind = event.type
-        if kind == TASK_FAILED and record.ended == TASK_FAILED:
+        if kind == TASK_FAILED and record.stage is Stage.FAILED:
             # Celery 5.7 sends task-failed twice for a hard time limit (pool and request).
             self.duplicates += 1
             return
         if not self._counts(event.hostname):
             return
         key = self._labels(record, event.hostname, now)
+        accounts = self.accounts
         if kind == TASK_FAILED:
             exception = exception_class(event.exception)
-            fkey = (*key, self.labels.exception(exception))
-            self.failed[fkey] = self.failed.get(fkey, 0) + 1
-            timeout = TIMEOUT_KINDS.get(exception)
-            if timeout is not None:
-                tkey = (key[0], key[1], timeout)
-                self.timeouts[tkey] = self.timeouts.get(tkey, 0) + 1
+            accounts.count_failed(key, exception, self.labels.exception(exception))
         else:
-            counter = self._counters[kind]
-            counter[key] = counter.get(key, 0) + 1
+            accounts.count(kind, key)
         if kind == TASK_STARTED:
             self._on_started(record, event, key, now)
         elif kind == TASK_SUCCEEDED:
@@ -360,20 +287,22 @@ class TaskState:
             if runtime is None and record.started_at is not None:
                 runtime = event.timestamp - record.started_at
             if runtime is not None:
-                self._observe_duration((*key, "succeeded"), runtime)
+                accounts.observe_duration((*key, "succeeded"), runtime)
             self._finish(record, event.uuid, kind)
         elif kind == TASK_FAILED:
             if record.started_at is not None:
-                self._observe_duration((*key, "failed"), event.timestamp - record.started_at)
+                accounts.observe_duration((*key, "failed"), event.timestamp - record.started_at)
             self._finish(record, event.uuid, kind)
         elif kind != TASK_RECEIVED:  # retried, rejected, revoked end this attempt
             self._finish(record, event.uuid, kind)
 
     def _on_started(self, record: _Record, event: TaskEvent, key: Key3, now: float) -> None:
         record.started_at = event.timestamp
-        record.ended = None
+        record.stage = Stage.RUNNING
         record.starts += 1
-        self.running[event.uuid] = RunningTask(key[0], key[1], event.hostname, event.timestamp, now)
+        self.accounts.start(
+            event.uuid, RunningTask(key[0], key[1], event.hostname, event.timestamp, now)
+        )
         if not record.attempts:
             record.next_attempt += 1
             return
@@ -384,39 +313,27 @@ class TaskState:
             record.attempts = None  # an emptied dict keeps its table: ~200 bytes per task id
         record.next_attempt = attempt + 1
         since = enqueued_at if eta is None else max(enqueued_at, eta)
-        hist = self.queue_wait.get(key)
-        if hist is None:
-            hist = self.queue_wait[key] = Histogram(len(self.queue_wait_buckets) + 1)
-        wait = max(0.0, event.timestamp - since)
-        hist.counts[bisect_left(self.queue_wait_buckets, wait)] += 1
-        hist.total += wait
-
-    def _observe_duration(self, key: Key4, seconds: float) -> None:
-        seconds = max(0.0, seconds)
-        hist = self.duration.get(key)
-        if hist is None:
-            hist = self.duration[key] = Histogram(len(self.duration_buckets) + 1)
-        hist.counts[bisect_left(self.duration_buckets, seconds)] += 1
-        hist.total += seconds
+        self.accounts.observe_wait(key, event.timestamp - since)
 
     def _finish(self, record: _Record, uuid: str, kind: str) -> None:
-        record.ended = kind
+        record.stage = Stage.FAILED if kind == TASK_FAILED else Stage.ENDED
         record.ends += 1
         # A late task-retried of attempt n may arrive after attempt n+1 started: the task is
         # running until every started attempt has ended.
         if record.ends >= record.starts:
             record.started_at = None
-            self.running.pop(uuid, None)
+            self.accounts.end(uuid)
 
     def _release(self, uuid: str, record: _Record, now: float) -> None:
         """Count the events held back for ``uuid`` now that its name is known or overdue."""
         held, record.pending = record.pending or [], None
+        record.stage = Stage.WAITING
         self._held.pop(uuid, None)
         for event in held:
             self._count(record, event, now)
 
     def _on_evict(self, uuid: str, record: _Record) -> None:
-        if record.pending is not None:
+        if record.stage is Stage.HELD:
             self._release(uuid, record, self._now)
 
     # --- upkeep ---
@@ -445,7 +362,7 @@ class TaskState:
         task of it runs or had an event for ``queue_forget`` seconds and it is not configured.
         Their limiter slots free up with them.
         """
-        running = self.running.values()
+        running = self.accounts.running.values()
         running_queues = {task.queue for task in running}
         running_workers = {task.hostname for task in running}
         workers = self.labels.worker.expire(
@@ -457,31 +374,11 @@ class TaskState:
             lambda queue: queue in running_queues or queue in self._configured_queues,
         )
         if workers or queues:
-            self._purge(workers, queues)
-
-    def _purge(self, workers: set[str], queues: set[str]) -> None:
-        by_worker: tuple[dict[Any, Any], ...] = (
-            self.received, self.started, self.succeeded, self.failed, self.retried,
-            self.rejected, self.revoked, self.duration, self.queue_wait,
-        )  # fmt: skip
-        by_queue: tuple[dict[Any, Any], ...] = (self.sent, self.timeouts)
-        for series in by_worker:
-            for key in [k for k in series if k[1] in queues or k[2] in workers]:
-                del series[key]
-        for series in by_queue if queues else ():
-            for key in [k for k in series if k[1] in queues]:
-                del series[key]
+            self.accounts.purge(workers, queues)
 
     def forget_running(self, hostname: str, started_before: float | None = None) -> None:
         """Drop running tasks of a worker that left, or that reports none active since then."""
-        stale = [
-            uuid
-            for uuid, task in self.running.items()
-            if task.hostname == hostname
-            and (started_before is None or task.started_at < started_before)
-        ]
-        for uuid in stale:
-            del self.running[uuid]
+        self.accounts.forget_running(hostname, started_before)
 
     # --- reading ---
 
@@ -498,7 +395,7 @@ class TaskState:
 
     def queues_seen(self) -> set[str]:
         """Queue label values task-sent events named."""
-        return {queue for _task, queue in self.sent if queue not in (UNKNOWN, OVERFLOW)}
+        return {queue for _task, queue in self.accounts.sent if queue not in (UNKNOWN, OVERFLOW)}
 
     @property
     def tracked(self) -> int:
@@ -510,19 +407,4 @@ class TaskState:
 
     def snapshot(self) -> TaskSnapshot:
         """Copy everything a scrape needs; call with the lock held, render without it."""
-
-        return TaskSnapshot(
-            sent=dict(self.sent),
-            received=dict(self.received),
-            started=dict(self.started),
-            succeeded=dict(self.succeeded),
-            failed=dict(self.failed),
-            retried=dict(self.retried),
-            rejected=dict(self.rejected),
-            revoked=dict(self.revoked),
-            timeouts=dict(self.timeouts),
-            last_seen=dict(self.last_seen),
-            duration=_copy_histograms(self.duration),
-            queue_wait=_copy_histograms(self.queue_wait),
-            running=list(self.running.values()),
-        )
+        return self.accounts.snapshot(last_seen=dict(self.last_seen))
