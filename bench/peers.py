@@ -204,6 +204,7 @@ def run(
         done, changed, page = wait_counted(proc, total, counted)
         finished = burst.idle_at if done == first else changed
         stats = proc.stats()
+        log = proc.log_tail()
     got = peer.counted(page)
     wrong = sorted(key for key in want.keys() | got.keys() if want.get(key, 0) != got.get(key, 0))
     published = burst.published
@@ -224,11 +225,16 @@ def run(
     add(Figure("cpu_us_per_event", "CPU per event", 1e6 * cpu / max(done, 1), "us"))
     add(Figure("disconnected", "cut off by Redis", cut_off))
     add(Figure("unheard", "messages published while unsubscribed", published.unheard))
-    section.notes += [
-        f"{task or '-'} {etype}: expected {want.get((etype, task), 0)}, "
-        f"got {got.get((etype, task), 0)}"
-        for etype, task in wrong[:10]
-    ]
+    if wrong:
+        section.notes.append(f"{len(wrong)} of {len(want)} (type, task) counts differ, e.g.:")
+        for key in wrong[:3]:
+            etype, task = key
+            section.notes.append(
+                f"  {task} {etype}: expected {want.get(key, 0)}, got {got.get(key, 0)}"
+            )
+    if cut_off:
+        lines = [line for line in log.splitlines() if "[E " in line or "[W " in line]
+        section.notes += [f"  {peer.name} log: {line}" for line in lines[-3:]]
     return section
 
 
