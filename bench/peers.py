@@ -146,10 +146,13 @@ def _subscribers(redis: RedisServer) -> set[int]:
         client.close()
 
 
-def _wait_ready(process: HttpProcess, redis: RedisServer) -> set[int]:
-    """Wait until the peer has subscribed and then idled for SETTLE_SECONDS; its subscribers."""
+def _wait_ready(process: HttpProcess, redis: RedisServer, before: set[int]) -> set[int]:
+    """Wait until the peer has subscribed and then idled for SETTLE_SECONDS; its subscribers.
+
+    ``before``: the subscribers before it started (Redis may not have dropped the exporter's yet).
+    """
     deadline = time.monotonic() + START_SECONDS
-    while not (subscribed := _subscribers(redis)):
+    while not (subscribed := _subscribers(redis) - before):
         process.check_alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{process.name} never subscribed:\n{process.log_tail()}")
@@ -191,8 +194,9 @@ def run(
     def counted(page: str) -> int:
         return sum(peer.counted(page).values())
 
+    before = _subscribers(redis)
     with HttpProcess(peer.name, peer.argv(venv, redis.url, port), port, peer.ready_path) as proc:
-        subscribed = _wait_ready(proc, redis)
+        subscribed = _wait_ready(proc, redis, before)
         idle_rss = proc.stats().rss
         publisher = Publisher(redis.port)
         try:
