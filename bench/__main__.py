@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--only NAME ...] [--repeat N] [--profile]``: run and print the
-figures."""
+"""``python -m bench [--quick] [--only NAME ...] [--repeat N] [--profile] [--peer NAME]``: run
+and print the figures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import redis as redis_py
 
-from bench import burst, memory, rabbitmq, scrape, soak
+from bench import burst, memory, peers, rabbitmq, scrape, soak
 from bench.dispatch import cached_recording
 from bench.procs import RedisServer
 from bench.profile import Profile, PySpy
@@ -57,6 +57,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also replay the unbatched burst (of each broker chosen) with py-spy attached "
         "and print the top functions",
     )
+    parser.add_argument(
+        "--peer",
+        choices=sorted(peers.PEERS),
+        help="also replay each Redis burst into this peer, installed from PyPI into "
+        "bench/.peers/NAME/, and print both side by side; alone, runs the unbatched and "
+        "batched bursts only",
+    )
     return parser.parse_args(argv)
 
 
@@ -87,11 +94,19 @@ def _print_profile(profile: Profile, burst_name: str) -> None:
 
 
 def _bursts(
-    redis: RedisServer, chosen: list[str], quick: bool, profile: bool, repeat: int
-) -> tuple[list[Section], Profile | None]:
+    redis: RedisServer,
+    chosen: list[str],
+    quick: bool,
+    profile: bool,
+    repeat: int,
+    *,
+    peer: peers.Peer | None,
+) -> tuple[list[Section], Profile | None, list[tuple[Section, Section]]]:
+    """The Redis bursts; with a peer, (exporter's, peer's) section of each run too."""
     spec = WorkloadSpec(task_events=QUICK_BURST_EVENTS if quick else BURST_EVENTS)
     sections: list[Section] = []
     found: Profile | None = None
+    pairs: list[tuple[Section, Section]] = []
     for variant in ("unbatched", "batched"):
         profiled = profile and variant == "unbatched"
         if variant not in chosen and not profiled:
@@ -102,11 +117,17 @@ def _bursts(
         print(f"{variant} recording: {len(messages)} messages" + (" (cached)" if cached else ""))
         if variant in chosen:
             runs: list[Section] = []
+            peer_runs: list[Section] = []
             for number in range(1, repeat + 1):
                 of = f" ({number} of {repeat})" if repeat > 1 else ""
+                numbered = number if of else None
                 print(f"running the {variant} burst{of}")
-                runs.append(burst.run(redis, messages, variant, number=number if of else None)[0])
-            sections += runs
+                runs.append(burst.run(redis, messages, variant, number=numbered)[0])
+                if peer is not None:
+                    print(f"running the {variant} burst{of} into {peer.name}")
+                    peer_runs.append(peers.run(redis, messages, variant, peer, number=numbered))
+                    pairs.append((runs[-1], peer_runs[-1]))
+            sections += runs + peer_runs
             if repeat > 1:
                 sections.append(burst.summary(variant, runs))
         if profiled and not PySpy.available():
@@ -115,7 +136,7 @@ def _bursts(
             print("running the unbatched burst again with py-spy attached")
             section, found = burst.run(redis, messages, variant, profile=True)
             sections.append(section)
-    return sections, found
+    return sections, found, pairs
 
 
 def _rabbitmq(
@@ -180,7 +201,11 @@ def _profile_json(profile: Profile) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    chosen = args.only or list(DEFAULT_SCENARIOS)
+    peer = peers.PEERS[args.peer] if args.peer else None
+    chosen = args.only or (["unbatched", "batched"] if peer else list(DEFAULT_SCENARIOS))
+    if peer is not None and not {"unbatched", "batched"} & set(chosen):
+        print("--peer compares the unbatched and batched bursts: choose one of them")
+        return 2
     started = time.monotonic()
     load = load_average()
     on_redis = [name for name in chosen if name in REDIS_SCENARIOS]
@@ -196,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         client.close()
         print(f"redis-server on port {redis.port}: {buffer_limits}")
-        found, profile = _bursts(
-            redis, chosen, args.quick, args.profile and bool(on_redis), args.repeat
+        found, profile, pairs = _bursts(
+            redis, chosen, args.quick, args.profile and bool(on_redis), args.repeat, peer=peer
         )
         sections += found
         if profile is not None:
@@ -228,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "scenarios": ",".join(chosen),
         "repeat": args.repeat,
+        "peer": " ".join(peer.requirements) if peer else None,
         "redis_output_buffer_limits": buffer_limits,
         **run_meta(load, time.monotonic() - started),
     }
@@ -235,7 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra: dict[str, object] = {
         keys[name]: _profile_json(profile) for name, profile in profiles.items()
     }
-    return finish(sections, meta, extra)
+    status = finish(sections, meta, extra)
+    if pairs:
+        print(f"\nthe exporter and {args.peer} on the same bursts (a peer has no targets)")
+        print(peers.side_by_side(pairs))
+    return status
 
 
 if __name__ == "__main__":

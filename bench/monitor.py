@@ -17,10 +17,10 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
-from bench.procs import CLOCK_TICKS, ExporterProcess
+from bench.procs import CLOCK_TICKS, ExporterProcess, HttpProcess
 from bench.publish import BurstResult, Chunk, Publisher
 from bench.truth import events_counted, total
 
@@ -40,23 +40,28 @@ class Completion(NamedTuple):
     by: str  # how ``finished`` was read
 
 
-def wait_counted(exporter: ExporterProcess, expected: int) -> tuple[int, float, str]:
-    """Poll /metrics until ``expected`` events are counted or the count stops changing."""
+def wait_counted(
+    exporter: HttpProcess, expected: int, count: Callable[[str], int] = events_counted
+) -> tuple[int, float, str]:
+    """Poll /metrics until ``expected`` events are counted or the count stops changing.
+
+    ``count`` reads the events counted off a page (a peer's metrics are not the exporter's).
+    """
     page = exporter.metrics()
-    counted, changed = events_counted(page), time.monotonic()
+    counted, changed = count(page), time.monotonic()
     deadline = changed + MAX_SECONDS
     while counted < expected and time.monotonic() - changed < STABLE_SECONDS:
         if time.monotonic() > deadline:
             break
         time.sleep(POLL_SECONDS)
         page = exporter.metrics()
-        now_counted = events_counted(page)
+        now_counted = count(page)
         if now_counted != counted:
             counted, changed = now_counted, time.monotonic()
     return counted, changed, page
 
 
-def _wait_idle(exporter: ExporterProcess, publishing: threading.Thread) -> tuple[float, float]:
+def _wait_idle(exporter: HttpProcess, publishing: threading.Thread) -> tuple[float, float]:
     """Sample the exporter's CPU until publishing ended and it stayed idle; (when, CPU)."""
     samples: list[tuple[float, float]] = []  # (time, exporter CPU seconds)
     window_start = 0  # index of the last sample at least IDLE_SECONDS old
@@ -92,7 +97,7 @@ class Burst(NamedTuple):
 
 
 def publish_until_idle(
-    exporter: ExporterProcess,
+    exporter: HttpProcess,
     publisher: BurstPublisher,
     chunks: Sequence[Chunk],
     *,

@@ -135,15 +135,15 @@ class Response(NamedTuple):
     body: bytes
 
 
-class ExporterProcess:
-    """``python -m exporter`` against a Redis URL, on a free port, inspection off."""
+class HttpProcess:
+    """A child process serving HTTP on ``port``, ready once ``ready_path`` answers 200."""
 
-    def __init__(self, broker_url: str, extra_args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
-        self._dir = Path(tempfile.mkdtemp(prefix="bench-exporter-"))
-        self._argv = [sys.executable, "-m", "exporter", "--broker-url", broker_url]
-        self._argv += ["--port", str(self.port), "--host", "127.0.0.1"]
-        self._argv += ["--inspect-interval-seconds", "0", *extra_args]
+    def __init__(self, name: str, argv: list[str], port: int, ready_path: str) -> None:
+        self.name = name
+        self.port = port
+        self._dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self._argv = argv
+        self._ready_path = ready_path
         self._process: _Process | None = None
         self._http: http.client.HTTPConnection | None = None
 
@@ -153,7 +153,7 @@ class ExporterProcess:
         return self._process.pid
 
     def __enter__(self) -> Self:
-        self._process = _Process("exporter", self._argv, self._dir)
+        self._process = _Process(self.name, self._argv, self._dir)
         self._wait_ready(30)
         return self
 
@@ -172,10 +172,10 @@ class ExporterProcess:
         while True:
             self._process.check_alive()
             with contextlib.suppress(OSError, http.client.HTTPException):
-                if self.get("/readyz").status == 200:
+                if self.get(self._ready_path).status == 200:
                     return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"exporter not ready after {timeout} s:\n{self.log_tail()}")
+                raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
             time.sleep(0.05)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
@@ -204,9 +204,20 @@ class ExporterProcess:
         return proc_stats(self.pid)
 
     def check_alive(self) -> None:
-        """Raise with the end of its log if the exporter has exited."""
+        """Raise with the end of its log if the process has exited."""
         assert self._process is not None
         self._process.check_alive()
 
     def log_tail(self) -> str:
         return self._process.log_tail() if self._process is not None else ""
+
+
+class ExporterProcess(HttpProcess):
+    """``python -m exporter`` against a Redis URL, on a free port, inspection off."""
+
+    def __init__(self, broker_url: str, extra_args: tuple[str, ...] = ()) -> None:
+        port = free_port()
+        argv = [sys.executable, "-m", "exporter", "--broker-url", broker_url]
+        argv += ["--port", str(port), "--host", "127.0.0.1"]
+        argv += ["--inspect-interval-seconds", "0", *extra_args]
+        super().__init__("exporter", argv, port, "/readyz")
