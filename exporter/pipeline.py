@@ -16,6 +16,8 @@ from typing import NamedTuple
 from exporter.events.decode import decode_body, decode_redis_message
 from exporter.events.model import (
     WORKER_HEARTBEAT,
+    WORKER_OFFLINE,
+    WORKER_ONLINE,
     Decoded,
     Dropped,
     DropReason,
@@ -149,7 +151,12 @@ class EventPipeline:
             new_workers.append(event.hostname)
         if event.type == WORKER_HEARTBEAT and event.active == 0:
             # Nothing runs there: a task still listed as running lost its final event.
-            self.tasks.forget_running(event.hostname, started_before=event.timestamp)
+            self.tasks.end_running(event.hostname, started_before=event.timestamp)
+        elif event.type == WORKER_OFFLINE:
+            self.tasks.end_running(event.hostname, orphaned=True)
+        elif event.type == WORKER_ONLINE:
+            # A worker (re)started under this name: what ran there before is lost.
+            self.tasks.end_running(event.hostname, started_before=event.timestamp, orphaned=True)
 
     def _drop(self, dropped: Dropped) -> None:
         reason = dropped.reason.value
@@ -175,8 +182,9 @@ class EventPipeline:
         with self.lock:
             self.tasks.sweep(now)
             gone = self.workers.sweep(now)
-            for hostname in gone:
-                self.tasks.forget_running(hostname)
+            for hostname in self.tasks.running_on():
+                if hostname in gone or self.workers.down(hostname, now):
+                    self.tasks.end_running(hostname, orphaned=True)
             self.tasks.expire_labels(now, self.workers.knows)
         if self._on_worker_gone is not None:
             for hostname in gone:

@@ -189,12 +189,34 @@ def fixed_state() -> Exporter:
     e.task("revoked", "e", T0 + 1)
     e.task("received", "f", T0 + 1, name="app.tasks.cleanup")
     e.task("rejected", "f", T0 + 2)
+    # a worker lost under task_reject_on_worker_lost: rejected, then delivered again
+    e.task("received", "i", T0 + 6, name="app.tasks.add", retries=0)
+    e.task("started", "i", T0 + 6.5)
+    e.task("rejected", "i", T0 + 7)
+    e.task("received", "i", T0 + 8, name="app.tasks.add", retries=0)
+    e.task("started", "i", T0 + 8.5)
+    e.task("succeeded", "i", T0 + 9, runtime=0.5)
+    # retried, then out of retries
+    e.task("received", "k", T0 + 10, name="app.tasks.charge", retries=0)
+    e.task("started", "k", T0 + 10)
+    e.task("retried", "k", T0 + 11, exception="Retry('declined')")
+    e.task("received", "k", T0 + 12, name="app.tasks.charge", retries=1)
+    e.task("started", "k", T0 + 12)
+    e.task("failed", "k", T0 + 13, exception="billing.errors.CardDeclined('4242')")
+    # running on W1 when it restarts under the same name: orphaned
+    e.task("received", "j", T0 + 14, name="app.tasks.slow")
+    e.task("started", "j", T0 + 14)
+    c.now = T0 + 20
+    e.worker("online", W1, T0 + 20, 2.0, 0, 0, 0.25)
     # still running on W2, seen at T0 + 40 and T0 + 70
     c.now = T0 + 40
+    e.worker("heartbeat", W2, T0 + 40, 2.0, 1, 5, 1.25)
     e.task("received", "g", T0 + 39, host=W2, name="app.tasks.report")
     e.task("started", "g", T0 + 40, host=W2)
     e.pipeline.sweep()
     c.now = T0 + 70
+    # W1 keeps beating, W2 goes quiet at T0 + 70 (down from T0 + 76)
+    e.worker("heartbeat", W2, T0 + 70, 2.0, 2, 6, 1.25)
     e.task("received", "h", T0 + 69, host=W2, name="app.tasks.report")
     e.task("started", "h", T0 + 70, host=W2)
     e.pipeline.sweep()
@@ -223,8 +245,6 @@ def fixed_state() -> Exporter:
     e.pipeline.feed_bodies([(b'{"type": "task-progress", "hostname": "w", "timestamp": 1}', None)])
     e.pipeline.feed_redis([b"not json", b"[]"])
     e.pipeline.feed_bodies([(b"\x80\x04.", "application/x-python-serialize")])
-    # W1 keeps beating, W2 goes quiet at T0 + 70 (down from T0 + 76)
-    e.worker("heartbeat", W2, T0 + 70, 2.0, 2, 6, 1.25)
     c.now = T0 + 99
     e.worker("heartbeat", W1, T0 + 99, 2.0, 0, 5, 0.5)
     c.now = T0 + 100

@@ -622,7 +622,8 @@ def test_idle_heartbeat_clears_stale_running_tasks() -> None:
 
 
 def test_worker_removed_after_retention_forgets_its_running_tasks_and_queues() -> None:
-    """A worker gone past retention takes its running tasks and learned queues with it."""
+    """A worker that goes offline orphans its running tasks at once; past retention it takes
+    its learned queues with it."""
     h = Harness(worker_retention_seconds=60)
     h.resolver.set_worker_queues({W1: ("q",), W2: ("q",)})
     h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0)])
@@ -630,14 +631,14 @@ def test_worker_removed_after_retention_forgets_its_running_tasks_and_queues() -
     h.task("received", "a", T0, name=ADD)
     h.task("started", "a", T0 + 1)
     h.clock.now = T0 + 10
+    assert len(h.snap().running) == 1
     h.pipeline.apply([WorkerEvent("worker-offline", W1, T0 + 10, 2.0, 1, 0, 0.0)])
     h.pipeline.apply([WorkerEvent("worker-heartbeat", W2, T0 + 10, 2.0, 0, 0, 0.0)])
-    h.clock.now = T0 + 70
-    h.pipeline.sweep()
-    assert len(h.snap().running) == 1
+    assert h.snap().running == []
+    assert h.snap().orphaned == {(ADD, "q"): 1}
     h.clock.now = T0 + 70.001
     h.pipeline.sweep()
-    assert h.snap().running == []
+    assert h.snap().orphaned == {(ADD, "q"): 1}
     # W2 is down since its heartbeat expired at T0 + 16: it stays until T0 + 76.
     assert h.resolver.worker_queues == {W2: ("q",)}
     assert [w.hostname for w in h.pipeline.view.workers()[1]] == [W2]
@@ -869,3 +870,98 @@ def test_released_queue_comes_back_through_the_limit() -> None:
     h.task("started", "2", T0 + 122, host=W1)
     assert h.snap().started == {(ADD, "other", W1): 1}
     assert h.pipeline.view.stats().label_overflows["queue"] == 1
+
+
+# --- redelivered, orphaned, recovered and exhausted tasks ---
+
+
+def test_redelivery_is_counted_once_and_the_attempt_runs_again() -> None:
+    """A second task-received of the same attempt (a new worker timestamp) is a redelivery; the
+    same event twice is a duplicate, counted nowhere; the redelivered attempt starts and ends
+    like any other, and is no retry."""
+    h = Harness()
+    h.task("received", "a", T0, name=ADD, retries=0)
+    h.task("started", "a", T0 + 1)
+    h.task("rejected", "a", T0 + 2)  # task_reject_on_worker_lost: requeued
+    h.task("received", "a", T0 + 3, host=W2, name=ADD, retries=0)
+    h.task("received", "a", T0 + 3, host=W2, name=ADD, retries=0)  # the same event again
+    h.task("started", "a", T0 + 4, host=W2)
+    assert len(h.snap().running) == 1
+    h.task("succeeded", "a", T0 + 5, host=W2, runtime=1.0)
+    snap = h.snap()
+    assert snap.redelivered == {(ADD, "unknown"): 1}
+    assert snap.received == {(ADD, "unknown", W1): 1, (ADD, "unknown", W2): 1}
+    assert snap.running == []
+    assert snap.recovered == {}
+    assert snap.queue_wait[(ADD, "unknown", W2)] == hist([1, 0, 0, 0], 1.0)
+    assert h.pipeline.view.stats().dropped == {"duplicate": 1}
+
+
+def test_a_redelivery_before_the_start_is_counted_too() -> None:
+    """A visibility timeout can deliver a prefetched task twice before either starts."""
+    h = Harness()
+    h.task("received", "a", T0, name=ADD, retries=0)
+    h.task("received", "a", T0 + 3600, host=W2, name=ADD, retries=0)
+    h.task("started", "a", T0 + 3601, host=W2)
+    h.task("succeeded", "a", T0 + 3602, host=W2, runtime=1.0)
+    assert h.snap().redelivered == {(ADD, "unknown"): 1}
+    assert h.snap().running == []
+
+
+def test_retries_that_recover_and_retries_that_run_out() -> None:
+    """Succeeded after a retry: recovered; failed after a retry: exhausted; neither without."""
+    h = Harness()
+    for uuid, end in (("ok-first", "succeeded"), ("fail-first", "failed")):
+        h.task("received", uuid, T0, name=ADD, retries=0)
+        h.task("started", uuid, T0)
+        h.task(end, uuid, T0 + 1, runtime=1.0, exception="KeyError('x')")
+    for uuid, end in (("ok-later", "succeeded"), ("fail-later", "failed")):
+        for attempt in range(3):
+            h.task("received", uuid, T0 + attempt * 10, name=ADD, retries=attempt)
+            h.task("started", uuid, T0 + attempt * 10 + 1)
+            if attempt < 2:
+                h.task("retried", uuid, T0 + attempt * 10 + 2, exception="Retry()")
+        h.task(end, uuid, T0 + 25, runtime=1.0, exception="KeyError('x')")
+    snap = h.snap()
+    assert snap.recovered == {(ADD, "unknown"): 1}
+    assert snap.exhausted == {(ADD, "unknown"): 1}
+    assert snap.retried == {(ADD, "unknown", W1): 4}
+
+
+def test_tasks_of_a_worker_whose_heartbeats_stop_are_orphaned_once() -> None:
+    """A worker killed mid-task sends nothing more: once its heartbeats are overdue its running
+    tasks are orphaned, exactly once, and no longer running; another worker's stay."""
+    h = Harness(worker_timeout_heartbeats=3)
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0)])
+    h.pipeline.apply([WorkerEvent("worker-online", W2, T0, 2.0, 0, 0, 0.0)])
+    for uuid, host in (("a", W1), ("b", W1), ("c", W2)):
+        h.task("received", uuid, T0, host=host, name=ADD, retries=0)
+        h.task("started", uuid, T0, host=host)
+    h.clock.now = T0 + 5
+    h.pipeline.apply([WorkerEvent("worker-heartbeat", W2, T0 + 5, 2.0, 1, 0, 0.0)])
+    h.pipeline.sweep()
+    assert len(h.snap().running) == 3  # W1 is not overdue yet (down at T0 + 6)
+    h.clock.now = T0 + 6
+    h.pipeline.apply([WorkerEvent("worker-heartbeat", W2, T0 + 6, 2.0, 1, 0, 0.0)])
+    h.pipeline.sweep()
+    h.pipeline.sweep()
+    snap = h.snap()
+    assert snap.orphaned == {(ADD, "unknown"): 2}
+    assert [task.hostname for task in snap.running] == [W2]
+    # Redelivered elsewhere (acks_late), the task runs and ends as usual.
+    h.task("received", "a", T0 + 7, host=W2, name=ADD, retries=0)
+    h.task("started", "a", T0 + 7, host=W2)
+    h.task("succeeded", "a", T0 + 8, host=W2, runtime=1.0)
+    snap = h.snap()
+    assert snap.redelivered == {(ADD, "unknown"): 1}
+    assert [task.hostname for task in snap.running] == [W2]
+    assert snap.orphaned == {(ADD, "unknown"): 2}
+
+
+def test_a_worker_restarted_under_its_name_orphans_what_ran_there() -> None:
+    h = Harness()
+    h.task("received", "a", T0, name=ADD, retries=0)
+    h.task("started", "a", T0)
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0 + 30, 2.0, 0, 0, 0.0)])
+    assert h.snap().orphaned == {(ADD, "unknown"): 1}
+    assert h.snap().running == []

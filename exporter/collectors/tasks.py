@@ -58,6 +58,10 @@ class TaskCollector:
             (defs.TASK_REJECTED, snap.rejected),
             (defs.TASK_REVOKED, snap.revoked),
             (defs.TASK_TIMEOUTS, snap.timeouts),
+            (defs.TASK_REDELIVERED, snap.redelivered),
+            (defs.TASK_ORPHANED, snap.orphaned),
+            (defs.TASK_RECOVERED, snap.recovered),
+            (defs.TASK_RETRIES_EXHAUSTED, snap.exhausted),
         ):
             family = definition.counter()
             family.add_rows(values.items())

@@ -73,6 +73,26 @@ TASK_TIMEOUTS = MetricDef(
     "Tasks that hit a time limit (also counted as failed): kind soft or hard.",
     ("task", "queue", "kind"),
 )  # fmt: skip
+TASK_REDELIVERED = MetricDef(
+    "celery_task_redelivered_total", "counter",
+    "Tasks the broker delivered again for the same attempt (a second task-received with the same "
+    "retries number): a visibility timeout, or a worker lost under task_reject_on_worker_lost.",
+    ("task", "queue"),
+)  # fmt: skip
+TASK_ORPHANED = MetricDef(
+    "celery_task_orphaned_total", "counter",
+    "Tasks running on a worker that went down (worker-offline, heartbeats missed, or a restart "
+    "under the same name) before they ended; they no longer count as running.",
+    ("task", "queue"),
+)  # fmt: skip
+TASK_RECOVERED = MetricDef(
+    "celery_task_recovered_total", "counter",
+    "Tasks that succeeded after at least one retry.", ("task", "queue"),
+)  # fmt: skip
+TASK_RETRIES_EXHAUSTED = MetricDef(
+    "celery_task_retries_exhausted_total", "counter",
+    "Tasks that failed after at least one retry.", ("task", "queue"),
+)  # fmt: skip
 TASK_DURATION = MetricDef(
     "celery_task_duration_seconds", "histogram",
     "Task run time: the worker's runtime when it succeeded, started to failed when it failed.",

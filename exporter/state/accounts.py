@@ -70,6 +70,10 @@ class TaskSnapshot(NamedTuple):
     rejected: dict[Key3, int]
     revoked: dict[Key3, int]
     timeouts: dict[Key3, int]
+    redelivered: dict[Key2, int]
+    orphaned: dict[Key2, int]
+    recovered: dict[Key2, int]
+    exhausted: dict[Key2, int]
     last_seen: dict[str, float]
     duration: dict[Key4, HistogramSnapshot]
     queue_wait: dict[Key3, HistogramSnapshot]
@@ -100,6 +104,10 @@ class TaskAccounts:
         self.rejected: dict[Key3, int] = {}
         self.revoked: dict[Key3, int] = {}
         self.timeouts: dict[Key3, int] = {}  # (task, queue, kind)
+        self.redelivered: dict[Key2, int] = {}
+        self.orphaned: dict[Key2, int] = {}
+        self.recovered: dict[Key2, int] = {}  # succeeded after a retry
+        self.exhausted: dict[Key2, int] = {}  # failed after a retry
         self.duration: dict[Key4, Histogram] = {}
         self.queue_wait: dict[Key3, Histogram] = {}
         self.running: dict[str, RunningTask] = {}
@@ -112,8 +120,9 @@ class TaskAccounts:
             TASK_REVOKED: self.revoked,
         }
 
-    def count_sent(self, key: Key2) -> None:
-        self.sent[key] = self.sent.get(key, 0) + 1
+    @staticmethod
+    def add(counter: dict[Key2, int], key: Key2) -> None:
+        counter[key] = counter.get(key, 0) + 1
 
     def count(self, kind: str, key: Key3) -> None:
         """Count an event of any task type but task-sent and task-failed."""
@@ -147,24 +156,16 @@ class TaskAccounts:
             hist = self.queue_wait[key] = Histogram(self.queue_wait_buckets)
         hist.observe(max(0.0, seconds))
 
-    def forget_running(self, hostname: str, started_before: float | None = None) -> None:
-        """Drop running tasks of a worker that left, or that reports none active since then."""
-        stale = [
-            uuid
-            for uuid, task in self.running.items()
-            if task.hostname == hostname
-            and (started_before is None or task.started_at < started_before)
-        ]
-        for uuid in stale:
-            del self.running[uuid]
-
     def purge(self, workers: set[str], queues: set[str]) -> None:
         """Remove every series of these worker and queue label values."""
         by_worker: tuple[dict[Any, Any], ...] = (
             self.received, self.started, self.succeeded, self.failed, self.retried,
             self.rejected, self.revoked, self.duration, self.queue_wait,
         )  # fmt: skip
-        by_queue: tuple[dict[Any, Any], ...] = (self.sent, self.timeouts)
+        by_queue: tuple[dict[Any, Any], ...] = (
+            self.sent, self.timeouts, self.redelivered, self.orphaned, self.recovered,
+            self.exhausted,
+        )  # fmt: skip
         for series in by_worker:
             for key in [k for k in series if k[1] in queues or k[2] in workers]:
                 del series[key]
@@ -184,6 +185,10 @@ class TaskAccounts:
             rejected=dict(self.rejected),
             revoked=dict(self.revoked),
             timeouts=dict(self.timeouts),
+            redelivered=dict(self.redelivered),
+            orphaned=dict(self.orphaned),
+            recovered=dict(self.recovered),
+            exhausted=dict(self.exhausted),
             last_seen=last_seen,
             duration=_copy_histograms(self.duration),
             queue_wait=_copy_histograms(self.queue_wait),

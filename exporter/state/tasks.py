@@ -59,6 +59,8 @@ class _Record:
         "next_attempt",
         "pending",
         "queue",
+        "received_at",
+        "received_next",
         "stage",
         "started_at",
         "starts",
@@ -74,6 +76,10 @@ class _Record:
         # arrive before attempt n's task-started.
         self.attempts: dict[int, tuple[float, float | None, bool]] | None = None
         self.next_attempt = 0  # the lowest attempt number not started yet
+        # Attempts below this one were received; the latest task-received's worker timestamp
+        # tells a redelivery (a new one) from the same event twice.
+        self.received_next = 0
+        self.received_at: float | None = None
         self.starts = 0
         self.ends = 0
         self.started_at: float | None = None
@@ -197,7 +203,7 @@ class TaskState:
             self._attempts(record)[attempt] = (event.timestamp, parse_eta(event.eta), True)
         key = (record.label or UNKNOWN, record.queue or self.labels.queue(UNKNOWN, now))
         if not self._counts.active:
-            self.accounts.count_sent(key)
+            self.accounts.add(self.accounts.sent, key)
 
     def _on_received(self, record: _Record, event: TaskEvent, now: float) -> None:
         if event.name:
@@ -267,14 +273,17 @@ class TaskState:
 
     def _count(self, record: _Record, event: TaskEvent, now: float) -> None:
         kind = event.type
-        if kind == TASK_FAILED and record.stage is Stage.FAILED:
-            # Celery 5.7 sends task-failed twice for a hard time limit (pool and request).
+        redelivered = kind == TASK_RECEIVED and self._received_again(record, event)
+        # Celery 5.7 sends task-failed twice for a hard time limit (pool and request).
+        if redelivered is None or (kind == TASK_FAILED and record.stage is Stage.FAILED):
             self.duplicates += 1
             return
         if not self._counts(event.hostname):
             return
         key = self._labels(record, event.hostname, now)
         accounts = self.accounts
+        if redelivered:
+            accounts.add(accounts.redelivered, key[:2])
         if kind == TASK_FAILED:
             exception = exception_class(event.exception)
             accounts.count_failed(key, exception, self.labels.exception(exception))
@@ -282,19 +291,42 @@ class TaskState:
             accounts.count(kind, key)
         if kind == TASK_STARTED:
             self._on_started(record, event, key, now)
-        elif kind == TASK_SUCCEEDED:
-            runtime = event.runtime
+        elif kind != TASK_RECEIVED:
+            self._on_ended(record, event, key)
+
+    def _on_ended(self, record: _Record, event: TaskEvent, key: Key3) -> None:
+        """Succeeded, failed, retried, rejected or revoked: the attempt ends."""
+        kind = event.type
+        if kind in (TASK_SUCCEEDED, TASK_FAILED):
+            accounts = self.accounts
+            succeeded = kind == TASK_SUCCEEDED
+            runtime = event.runtime if succeeded else None
             if runtime is None and record.started_at is not None:
                 runtime = event.timestamp - record.started_at
             if runtime is not None:
-                accounts.observe_duration((*key, "succeeded"), runtime)
-            self._finish(record, event.uuid, kind)
-        elif kind == TASK_FAILED:
-            if record.started_at is not None:
-                accounts.observe_duration((*key, "failed"), event.timestamp - record.started_at)
-            self._finish(record, event.uuid, kind)
-        elif kind != TASK_RECEIVED:  # retried, rejected, revoked end this attempt
-            self._finish(record, event.uuid, kind)
+                accounts.observe_duration((*key, "succeeded" if succeeded else "failed"), runtime)
+            if record.next_attempt > 1:  # the attempt that ended was a retry
+                accounts.add(accounts.recovered if succeeded else accounts.exhausted, key[:2])
+        self._finish(record, event.uuid, kind)
+
+    def _received_again(self, record: _Record, event: TaskEvent) -> bool | None:
+        """Whether this task-received delivers an attempt that was received before: True for a
+        redelivery by the broker, None for the same event twice, False for a first delivery."""
+        attempt = event.retries
+        if attempt is None:  # an old Celery's event: attempts cannot be told apart
+            return False
+        if attempt >= record.received_next:
+            record.received_next = attempt + 1
+            record.received_at = event.timestamp
+            return False
+        if event.timestamp == record.received_at:
+            return None
+        record.received_at = event.timestamp
+        if attempt < record.next_attempt:
+            # It had started: the attempt waits in the queue again, from now.
+            record.next_attempt = attempt
+            self._attempts(record)[attempt] = (event.timestamp, parse_eta(event.eta), False)
+        return True
 
     def _on_started(self, record: _Record, event: TaskEvent, key: Key3, now: float) -> None:
         record.started_at = event.timestamp
@@ -376,9 +408,32 @@ class TaskState:
         if workers or queues:
             self.accounts.purge(workers, queues)
 
-    def forget_running(self, hostname: str, started_before: float | None = None) -> None:
-        """Drop running tasks of a worker that left, or that reports none active since then."""
-        self.accounts.forget_running(hostname, started_before)
+    def end_running(
+        self, hostname: str, *, started_before: float | None = None, orphaned: bool = False
+    ) -> None:
+        """End the attempts running on ``hostname`` (those started before ``started_before``):
+        its worker went down with them (``orphaned``, counted), or it reports none active and
+        their final events were lost."""
+        accounts = self.accounts
+        stale = [
+            (uuid, task)
+            for uuid, task in accounts.running.items()
+            if task.hostname == hostname
+            and (started_before is None or task.started_at < started_before)
+        ]
+        for uuid, task in stale:
+            record = self._records.peek(uuid)
+            if record is not None:
+                record.ends = record.starts
+                record.started_at = None
+                record.stage = Stage.ENDED
+            if orphaned:
+                accounts.add(accounts.orphaned, (task.task, task.queue))
+            accounts.end(uuid)
+
+    def running_on(self) -> set[str]:
+        """Nodenames of the workers running a task."""
+        return {task.hostname for task in self.accounts.running.values()}
 
     # --- reading ---
 

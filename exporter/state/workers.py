@@ -101,6 +101,11 @@ class WorkerState:
         """Whether the worker is alive or still retained."""
         return hostname in self._workers
 
+    def down(self, hostname: str, now: float) -> bool:
+        """Whether the worker is known and down: offline, or its heartbeats overdue."""
+        worker = self._workers.get(hostname)
+        return worker is not None and now >= self._down_since(worker)
+
     def live_count(self, now: float) -> int:
         return sum(1 for worker in self._workers.values() if now < self._down_since(worker))
 
