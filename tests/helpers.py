@@ -19,7 +19,10 @@ from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from tests import sample_app
+
 POLL_SECONDS = 0.1
+SEND_SETTLE_SECONDS = 40.0
 # The sender of the events publish() and publish_successes() make up.
 PUBLISHER = "celery@e2e"
 # The events of a task that succeeded at its first attempt, in the order Celery sends them.
@@ -238,3 +241,26 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def send_counted(
+    port: int, broker_url: str, calls: list[tuple[str, list[Any], dict[str, Any]]]
+) -> None:
+    """Send ``(task, args, options)`` calls of tests.sample_app, then wait until the exporter
+    on ``port`` counted every task-sent. Start workers only after this: an idle worker's
+    task-received can overtake the task-sent Celery publishes after the message, and before
+    the exporter has seen any task-sent it does not wait for one (the task would be counted
+    with queue "unknown")."""
+    producer = sample_app.make_app(broker_url, name="producer")
+    sent: dict[str, int] = {}
+    try:
+        for task, args, options in calls:
+            producer.send_task(task, args=args, **options)
+            sent[task] = sent.get(task, 0) + 1
+    finally:
+        producer.close()
+    exp = Expected()
+    for task, count in sent.items():
+        queue = sample_app.ROUTES[task]["queue"]
+        exp.add("celery_task_sent_total", count, task=task, queue=queue)
+    wait_for_metrics(port, exp, SEND_SETTLE_SECONDS)

@@ -9,7 +9,9 @@ by name, so it never needs the module-level app's environment.
 from __future__ import annotations
 
 import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -35,6 +37,8 @@ FAIL_VALUE = "tests.sample_app.fail_value"
 FAIL_KEY = "tests.sample_app.fail_key"
 RETRY = "tests.sample_app.retry_then_succeed"
 SLEEP = "tests.sample_app.sleep"
+RETRY_FAIL = "tests.sample_app.retry_then_fail"
+LOST_ONCE = "tests.sample_app.lost_once"
 
 ROUTES = {
     OK: {"queue": QUEUE_A},
@@ -42,8 +46,11 @@ ROUTES = {
     FAIL_VALUE: {"queue": QUEUE_B},
     FAIL_KEY: {"queue": QUEUE_B},
     SLEEP: {"queue": QUEUE_B},
+    RETRY_FAIL: {"queue": QUEUE_B},
+    LOST_ONCE: {"queue": QUEUE_B},
 }
 MAX_RETRIES = 5
+RETRY_FAIL_RETRIES = 2
 
 
 def make_app(broker_url: str, *, send_sent_event: bool = True, name: str = "e2e") -> Celery:
@@ -96,6 +103,21 @@ def retry_then_succeed(self: Any, times: int) -> int:
     return retries
 
 
+def retry_then_fail(self: Any) -> None:
+    """Retries (at once) until its retries run out: fails with MaxRetriesExceededError."""
+    raise self.retry(countdown=0)
+
+
+def lost_once(marker: str) -> str:
+    """Kills its own pool process the first time (the marker file does not exist yet), as an
+    OOM kill would; succeeds when delivered again."""
+    path = Path(marker)
+    if not path.exists():
+        path.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return marker
+
+
 def sleep(seconds: float) -> float:
     """Sleeps: long enough to be seen running, or revoked before it runs."""
     time.sleep(seconds)
@@ -109,3 +131,6 @@ app.task(name=FAIL_VALUE)(fail_value)
 app.task(name=FAIL_KEY)(fail_key)
 app.task(name=RETRY, bind=True, max_retries=MAX_RETRIES)(retry_then_succeed)
 app.task(name=SLEEP)(sleep)
+app.task(name=RETRY_FAIL, bind=True, max_retries=RETRY_FAIL_RETRIES)(retry_then_fail)
+# Acknowledged once done; requeued when its pool process dies (Celery's documented pair).
+app.task(name=LOST_ONCE, acks_late=True, reject_on_worker_lost=True)(lost_once)

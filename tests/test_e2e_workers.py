@@ -8,14 +8,21 @@ never reach another test's worker. Workers run tests.sample_app; time limits are
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from prometheus_client.samples import Sample
 
 from tests import sample_app as sa
 from tests.celery_procs import CeleryWorkerProcess, ProcsFactory
-from tests.helpers import Expected, http_get, scrape, series, value, wait_for_metrics, wait_until
+from tests.helpers import (
+    Expected,
+    http_get,
+    scrape,
+    send_counted,
+    series,
+    value,
+    wait_for_metrics,
+    wait_until,
+)
 from tests.services import ExporterFactory, ExporterProcess, RedisFactory
 
 pytestmark = pytest.mark.redis
@@ -75,27 +82,6 @@ def _wait_state(
     return samples
 
 
-def _publish(
-    exporter: ExporterProcess, broker_url: str, calls: list[tuple[str, list[Any], dict[str, Any]]]
-) -> None:
-    """Send ``(task, args, options)`` calls, then wait until the exporter counted every
-    task-sent. Workers start only after this: an idle worker's task-received can overtake the
-    task-sent Celery publishes after the message, and before the exporter has seen any
-    task-sent it does not wait for one (the task would be counted with queue "unknown")."""
-    producer = sa.make_app(broker_url, name="producer")
-    sent: dict[str, int] = {}
-    try:
-        for task, args, options in calls:
-            producer.send_task(task, args=args, **options)
-            sent[task] = sent.get(task, 0) + 1
-    finally:
-        producer.close()
-    exp = Expected()
-    for task, count in sent.items():
-        exp.add("celery_task_sent_total", count, task=task, queue=sa.ROUTES[task]["queue"])
-    wait_for_metrics(exporter.port, exp, SETTLE_SECONDS)
-
-
 def _utilization(samples: list[Sample], worker: str) -> float:
     """celery_worker_tasks_active / celery_worker_concurrency, as the recording rule has it."""
     active = value(samples, ACTIVE, worker=worker)
@@ -119,7 +105,7 @@ def test_concurrency_active_reserved_and_utilization(
     absent), and every task counter exact (5 sent, received, started, succeeded)."""
     server = redis_factory()
     exporter = exporter_factory(server.url, "--inspect-interval-seconds", "1")
-    _publish(exporter, server.url, [(sa.SLEEP, [LONG_SECONDS], {})] * LONG_TASKS)
+    send_counted(exporter.port, server.url, [(sa.SLEEP, [LONG_SECONDS], {})] * LONG_TASKS)
     worker = celery_procs(server.url).worker(
         queues=[sa.QUEUE_B],
         concurrency=CONCURRENCY,
@@ -178,8 +164,8 @@ def test_time_limits_count_one_timeout_each(
     task-failed 3); nothing succeeds and nothing is left running."""
     server = redis_factory()
     exporter = exporter_factory(server.url)
-    _publish(
-        exporter,
+    send_counted(
+        exporter.port,
         server.url,
         [(sa.SLEEP, [3], {"time_limit": 1}), (sa.SLEEP, [3], {"soft_time_limit": 1})],
     )
@@ -204,8 +190,8 @@ def test_time_limits_count_one_timeout_each(
 
 def _small_workload(exporter: ExporterProcess, broker_url: str) -> None:
     """Publish 3 sa.OK and 2 sa.FAIL_VALUE tasks; return once their task-sent are counted."""
-    _publish(
-        exporter,
+    send_counted(
+        exporter.port,
         broker_url,
         [(sa.OK, [i], {}) for i in range(3)] + [(sa.FAIL_VALUE, [], {})] * 2,
     )
