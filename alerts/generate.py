@@ -55,6 +55,8 @@ PARAMS: dict[str, dict[str, ParamKind]] = {
     "CeleryTaskDurationAboveSLA": {"sla_factor": "number", "min_finished": "number"},
     "CeleryTaskRetryRateHigh": {"max_ratio": "ratio", "min_started": "number"},
     "CeleryTaskTimeoutRateHigh": {"max_ratio": "ratio", "min_started": "number"},
+    "CeleryTaskRedeliveryRateHigh": {"max_ratio": "ratio", "min_received": "number"},
+    "CeleryTasksOrphaned": {"window": "duration"},
     "CeleryTaskStuck": {"sla_factor": "number", "min_age": "duration"},
     "CeleryBeatHeartbeatStale": {"max_age": "duration"},
     "CeleryPeriodicTaskOverdue": {"interval_factor": "number"},
@@ -362,9 +364,12 @@ class Builder:
         self.started = f"job_task:celery_task_started:rate{window}"
         self.retried = f"job_task:celery_task_retried:rate{window}"
         self.timeouts = f"job_task:celery_task_timeouts:rate{window}"
+        self.received = f"job_task:celery_task_received:rate{window}"
+        self.redelivered = f"job_task:celery_task_redelivered:rate{window}"
         self.failed_ratio = f"job_task:celery_task_failed_per_finished:ratio_rate{window}"
         self.retried_ratio = f"job_task:celery_task_retried_per_started:ratio_rate{window}"
         self.timeouts_ratio = f"job_task:celery_task_timeouts_per_started:ratio_rate{window}"
+        self.redelivered_ratio = f"job_task:celery_task_redelivered_per_received:ratio_rate{window}"
         self.buckets = f"job_task_le:celery_task_duration_seconds_bucket:rate{window}"
         self.quantile = f"job_task:celery_task_duration_seconds:{quantile}_rate{window}"
         self.durations = f"job_task:celery_task_duration_seconds_count:rate{window}"
@@ -425,6 +430,8 @@ class Builder:
             rate(self.started, "celery_task_started_total"),
             rate(self.retried, "celery_task_retried_total"),
             rate(self.timeouts, "celery_task_timeouts_total"),
+            rate(self.received, "celery_task_received_total"),
+            rate(self.redelivered, "celery_task_redelivered_total"),
             Rule(
                 record=self.failed_ratio,
                 expr=f"({self.failed} or {self.finished} * 0)\n/ {self.finished}",
@@ -436,6 +443,10 @@ class Builder:
             Rule(
                 record=self.timeouts_ratio,
                 expr=f"({self.timeouts} or {self.started} * 0)\n/ {self.started}",
+            ),
+            Rule(
+                record=self.redelivered_ratio,
+                expr=f"({self.redelivered} or {self.received} * 0)\n/ {self.received}",
             ),
             Rule(
                 record=self.buckets,
@@ -625,6 +636,26 @@ class Builder:
             summary="A Celery task hits its time limit too often.", what="runs hit a time limit",
         )  # fmt: skip
 
+    def celery_task_redelivery_rate_high(self, name: str, level: Level) -> list[Rule]:
+        return self._ratio_alert(
+            name=name, level=level, ratio=self.redelivered_ratio,
+            volume=(self.received, "min_received"),
+            summary="The broker delivers a Celery task again too often.",
+            what="deliveries were redeliveries of an attempt already received",
+        )  # fmt: skip
+
+    def celery_tasks_orphaned(self, name: str, level: Level) -> list[Rule]:
+        tq, window = self.agg("task", "queue"), level.duration("window")
+        orphaned = self.m("celery_task_orphaned_total")
+        expr = f"sum by ({tq}) (increase({orphaned}[{window}])) > 0"
+        return [
+            self.alert(
+                name, level, expr, "Celery tasks were lost with their worker.",
+                f"{VALUE} {label('task')} task(s) of queue {label('queue')} were running on a "
+                f"worker that went down (killed, OOM, restarted) over the last {window}.",
+            )
+        ]  # fmt: skip
+
     def celery_task_duration_above_sla(self, name: str, level: Level) -> list[Rule]:
         t, factor = self.agg("task"), level.number("sla_factor")
         scale = "" if factor == 1 else f" * {num(factor)}"
@@ -772,6 +803,8 @@ def build(config: Config) -> list[tuple[str, list[Rule]]]:
         "CeleryTaskDurationAboveSLA": b.celery_task_duration_above_sla,
         "CeleryTaskRetryRateHigh": b.celery_task_retry_rate_high,
         "CeleryTaskTimeoutRateHigh": b.celery_task_timeout_rate_high,
+        "CeleryTaskRedeliveryRateHigh": b.celery_task_redelivery_rate_high,
+        "CeleryTasksOrphaned": b.celery_tasks_orphaned,
         "CeleryTaskStuck": b.celery_task_stuck,
         "CeleryBeatHeartbeatStale": b.celery_beat_heartbeat_stale,
         "CeleryPeriodicTaskOverdue": b.celery_periodic_task_overdue,

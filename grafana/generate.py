@@ -469,6 +469,19 @@ def tasks() -> model.Dashboard:
         description="Attempts ending in a retry, and tasks rejected or revoked, per second.",
         width=24,
     )  # fmt: skip
+    b.timeseries(
+        "Redelivered and orphaned by task", "ops",
+        [(f"sum by (task) ({b.rate(defs.TASK_REDELIVERED)})", "{{task}} redelivered"),
+         (f"sum by (task) ({b.rate(defs.TASK_ORPHANED)})", "{{task}} orphaned")],
+        description="Attempts the broker delivered again, and tasks lost with their worker "
+        "(went down, restarted) before they ended, per second.",
+    )  # fmt: skip
+    b.timeseries(
+        "Retries: recovered vs exhausted", "ops",
+        [(f"sum by (task) ({b.rate(defs.TASK_RECOVERED)})", "{{task}} recovered"),
+         (f"sum by (task) ({b.rate(defs.TASK_RETRIES_EXHAUSTED)})", "{{task}} exhausted")],
+        description="Tasks that succeeded after a retry, and tasks that failed after one.",
+    )  # fmt: skip
     duration_rows(b)
     failure_rows(b)
     return b.build()
