@@ -54,6 +54,8 @@ BACKLOG = 8  # published to e2e_c, which nothing consumes: over MAX_LENGTH
 MIN_FINISHED = 10
 FAILURES = 20  # fail_value runs in the burst: ratio 1 > 5%, volume over MIN_FINISHED
 BEAT_MAX_AGE = 5  # seconds; the rule's max_age and the exporter's flag
+REDELIVERED = 4  # lost_once runs: each received twice, ratio 50% > 5%, volume 8 over 4
+ORPHANED_WINDOW = "5s"
 HEALTHY_SECONDS = 15.0
 
 # Every level the test lowers: one severity each, mostly `for: 1s` (the generator's least), and
@@ -72,6 +74,10 @@ LOWERED: dict[str, list[dict[str, object]]] = {
     "CeleryTaskTimeoutRateHigh": [
         {"severity": "warning", "for": "1s", "max_ratio": 0.01, "min_started": MIN_FINISHED}
     ],
+    "CeleryTaskRedeliveryRateHigh": [
+        {"severity": "warning", "for": "1s", "max_ratio": 0.05, "min_received": REDELIVERED}
+    ],
+    "CeleryTasksOrphaned": [{"severity": "warning", "for": "1s", "window": ORPHANED_WINDOW}],
     "CeleryBeatHeartbeatStale": [
         {"severity": "critical", "for": "1s", "max_age": f"{BEAT_MAX_AGE}s"}
     ],
@@ -445,4 +451,63 @@ def test_stopped_beat_fires_heartbeat_stale_and_periodic_overdue(stack: Stack) -
         ],
         cause=beat.stop,
         cure=beat.start,
+    )
+
+
+def test_killed_worker_fires_orphaned_worker_down_and_workers_missing(stack: Stack) -> None:
+    """Worker B SIGKILLed while it runs a sleep task: CeleryTasksOrphaned for that task on
+    e2e_b arrives firing with CeleryWorkerDown for B and CeleryWorkersMissing (in all and for
+    e2e_b); B started again: the last three arrive resolved, and the orphan once it left the
+    5 s window; no other alert is notified."""
+    worker, producer, exp = stack.worker_b, stack.producer, stack.exporter
+
+    def cause() -> None:
+        producer.send_task(sa.SLEEP, args=[120])
+        wait_for_value(
+            exp.port, 1, "celery_task_running", SETTLE_SECONDS, task=sa.SLEEP, queue=sa.QUEUE_B
+        )
+        worker.stop(kill=True)
+
+    fires_and_resolves(
+        stack,
+        [
+            alert("CeleryTasksOrphaned", task=sa.SLEEP, queue=sa.QUEUE_B, severity="warning"),
+            alert("CeleryWorkerDown", worker=worker.nodename, severity="warning"),
+            alert("CeleryWorkersMissing", severity="warning"),
+            alert("CeleryWorkersMissing", queue=sa.QUEUE_B, severity="warning"),
+        ],
+        cause=cause,
+        cure=worker.start,
+        resolve_seconds=RESOLVE_SECONDS + generate.seconds(ORPHANED_WINDOW),
+    )
+
+
+def test_lost_pool_processes_fire_redelivery_rate_high(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Four lost_once tasks (acks_late, reject_on_worker_lost) each kill their pool process
+    once and are delivered again: 4 of 8 deliveries in the 8 s window are redeliveries, and
+    CeleryTaskRedeliveryRateHigh for lost_once arrives firing, then resolved once they leave
+    the window; no other alert is notified."""
+    producer, exp = stack.producer, stack.exporter
+    markers = tmp_path_factory.mktemp("lost-once")
+
+    def cause() -> None:
+        for number in range(REDELIVERED):
+            producer.send_task(sa.LOST_ONCE, args=[str(markers / str(number))])
+
+    fires_and_resolves(
+        stack,
+        [alert("CeleryTaskRedeliveryRateHigh", task=sa.LOST_ONCE, severity="warning")],
+        cause=cause,
+        cure=lambda: wait_for_value(
+            exp.port,
+            REDELIVERED,
+            "celery_task_succeeded_total",
+            SETTLE_SECONDS,
+            task=sa.LOST_ONCE,
+            queue=sa.QUEUE_B,
+            worker=stack.worker_b.nodename,
+        ),
+        resolve_seconds=RESOLVE_SECONDS + generate.seconds(RATE_WINDOW),
     )

@@ -9,7 +9,7 @@ from prometheus_client.metrics_core import Metric
 from exporter.metrics import defs
 from exporter.metrics.family import HistogramFamily
 from exporter.pipeline import StateView
-from exporter.state.accounts import HistogramSnapshot, Key3, Key4
+from exporter.state.accounts import HistogramSnapshot, Key2, Key3, Key4
 
 
 def _histogram(
@@ -19,6 +19,11 @@ def _histogram(
     for labels, hist in series.items():
         family.add_metric(labels, hist.counts, hist.total)
     return family
+
+
+def _from_zero(seen: Mapping[Key3, int], counts: Mapping[Key2, int]) -> dict[Key2, int]:
+    """``counts``, with 0 for every (task, queue) of ``seen`` it lacks."""
+    return {**dict.fromkeys([(task, queue) for task, queue, _worker in seen], 0), **counts}
 
 
 def bounds_text(buckets: Sequence[float]) -> list[str]:
@@ -58,8 +63,10 @@ class TaskCollector:
             (defs.TASK_REJECTED, snap.rejected),
             (defs.TASK_REVOKED, snap.revoked),
             (defs.TASK_TIMEOUTS, snap.timeouts),
-            (defs.TASK_REDELIVERED, snap.redelivered),
-            (defs.TASK_ORPHANED, snap.orphaned),
+            # 0 rather than absent once the task and queue had one, so that the first
+            # redelivery or orphan is an increase that rate() and increase() see.
+            (defs.TASK_REDELIVERED, _from_zero(snap.received, snap.redelivered)),
+            (defs.TASK_ORPHANED, _from_zero(snap.started, snap.orphaned)),
             (defs.TASK_RECOVERED, snap.recovered),
             (defs.TASK_RETRIES_EXHAUSTED, snap.exhausted),
         ):
