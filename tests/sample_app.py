@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -35,6 +36,7 @@ FAIL_VALUE = "tests.sample_app.fail_value"
 FAIL_KEY = "tests.sample_app.fail_key"
 RETRY = "tests.sample_app.retry_then_succeed"
 SLEEP = "tests.sample_app.sleep"
+RECORD_PID = "tests.sample_app.record_pid"
 
 ROUTES = {
     OK: {"queue": QUEUE_A},
@@ -42,6 +44,7 @@ ROUTES = {
     FAIL_VALUE: {"queue": QUEUE_B},
     FAIL_KEY: {"queue": QUEUE_B},
     SLEEP: {"queue": QUEUE_B},
+    RECORD_PID: {"queue": QUEUE_A},
 }
 MAX_RETRIES = 5
 
@@ -102,6 +105,16 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+def record_pid(path: str, seconds: float) -> int:
+    """Sleeps, then appends the pid of the process that ran it to ``path``: which pool
+    process ran which task, with no result backend."""
+    time.sleep(seconds)
+    pid = os.getpid()
+    with Path(path).open("a", encoding="utf-8") as file:
+        file.write(f"{pid}\n")
+    return pid
+
+
 # Registered by call rather than decorator: the functions keep their types for mypy, and the
 # tests publish by name only.
 app.task(name=OK)(ok)
@@ -109,3 +122,4 @@ app.task(name=FAIL_VALUE)(fail_value)
 app.task(name=FAIL_KEY)(fail_key)
 app.task(name=RETRY, bind=True, max_retries=MAX_RETRIES)(retry_then_succeed)
 app.task(name=SLEEP)(sleep)
+app.task(name=RECORD_PID)(record_pid)
