@@ -56,7 +56,9 @@ def _status(pid: int, key: str) -> int:
 def test_reads_the_children_of_a_process(children: list[subprocess.Popen[bytes]]) -> None:
     """Children by parent pid, with the resident memory /proc/<pid>/status reports."""
     found = {p.pid: p for p in PROC.children(os.getpid())}
-    assert set(found) == {proc.pid for proc in children}
+    # Other tests of this process may have left children of their own.
+    assert {proc.pid for proc in children} <= set(found)
+    assert {p.ppid for p in found.values()} == {os.getpid()}
     for proc in children:
         sample = found[proc.pid]
         assert sample.ppid == os.getpid() and not sample.zombie
@@ -65,7 +67,7 @@ def test_reads_the_children_of_a_process(children: list[subprocess.Popen[bytes]]
         assert abs(sample.rss_bytes - _status(proc.pid, "VmRSS") * 1024) <= RSS_SLACK
         assert sample.start_ticks > 0
     big, small = (found[proc.pid] for proc in children)
-    assert big.rss_bytes - small.rss_bytes >= 64 * MIB
+    assert big.rss_bytes - small.rss_bytes >= 60 * MIB  # 64 MiB, give or take shared pages
     assert PROC.process(os.getpid()) is not None
     assert PROC.process(2**22 + 1) is None  # above the largest pid_max: no such process
     boot = PROC.boot_time()
