@@ -51,6 +51,8 @@ PARAMS: dict[str, dict[str, ParamKind]] = {
     "CeleryWorkersMissing": {"min_missing": "number"},
     "CeleryWorkerDown": {},
     "CeleryWorkersSaturated": {"min_utilization": "number", "growth_window": "duration"},
+    "CeleryWorkerMemoryHigh": {"max_mib": "number"},
+    "CeleryWorkerPoolChurnHigh": {"max_per_minute": "number", "window": "duration"},
     "CeleryTaskFailureRateHigh": {"max_ratio": "ratio", "min_finished": "number"},
     "CeleryTaskDurationAboveSLA": {"sla_factor": "number", "min_finished": "number"},
     "CeleryTaskRetryRateHigh": {"max_ratio": "ratio", "min_started": "number"},
@@ -590,6 +592,32 @@ class Builder:
             )
         ]  # fmt: skip
 
+    def celery_worker_memory_high(self, name: str, level: Level) -> list[Rule]:
+        w, bound = self.agg("worker"), level.number("max_mib")
+        rss = self.m("celery_worker_memory_rss_bytes")
+        expr = f"max by ({w}) ({rss}) > {num(bound)} * 1024 * 1024"
+        return [
+            self.alert(
+                name, level, expr, "A Celery worker uses too much memory.",
+                f"Worker {label('worker')}'s main and pool processes hold {{{{ $value | "
+                f"humanize1024 }}}}B resident, above {num(bound)} MiB, for {level.for_}.",
+            )
+        ]  # fmt: skip
+
+    def celery_worker_pool_churn_high(self, name: str, level: Level) -> list[Rule]:
+        w, window = self.agg("worker"), level.duration("window")
+        limit = level.number("max_per_minute")
+        replaced = self.m("celery_worker_pool_process_replacements_total")
+        expr = f"sum by ({w}) (rate({replaced}[{window}])) * 60 > {num(limit)}"
+        return [
+            self.alert(
+                name, level, expr, "A Celery worker replaces its pool processes too often.",
+                f"Worker {label('worker')} replaced {VALUE} pool processes a minute over the "
+                f"last {window} (threshold {num(limit)}), for {level.for_}: recycling "
+                "(max_tasks_per_child, max_memory_per_child) or crashing processes.",
+            )
+        ]  # fmt: skip
+
     def _ratio_alert(
         self,
         *,
@@ -799,6 +827,8 @@ def build(config: Config) -> list[tuple[str, list[Rule]]]:
         "CeleryWorkersMissing": b.celery_workers_missing,
         "CeleryWorkerDown": b.celery_worker_down,
         "CeleryWorkersSaturated": b.celery_workers_saturated,
+        "CeleryWorkerMemoryHigh": b.celery_worker_memory_high,
+        "CeleryWorkerPoolChurnHigh": b.celery_worker_pool_churn_high,
         "CeleryTaskFailureRateHigh": b.celery_task_failure_rate_high,
         "CeleryTaskDurationAboveSLA": b.celery_task_duration_above_sla,
         "CeleryTaskRetryRateHigh": b.celery_task_retry_rate_high,

@@ -86,6 +86,7 @@ class _Validated(BaseSettings):
         "task_duration_buckets",
         "task_queue_wait_buckets",
         "queues",
+        "sidecar_workers",
         mode="before",
         check_fields=False,
     )
@@ -213,6 +214,8 @@ def check_combinations(settings: Settings) -> None:
     _check_web(settings)
     if settings.worker_filter and settings.worker_filter_hostname:
         raise InvalidCombination("worker_filter and worker_filter_hostname exclude each other")
+    if settings.sidecar_workers and not settings.sidecar:
+        raise InvalidCombination("sidecar_workers needs sidecar")
     if settings.worker_label is WorkerLabel.GROUP and not settings.worker_label_regex:
         raise InvalidCombination("worker_label=group needs worker_label_regex")
     problem = brokers.check(settings)

@@ -7,17 +7,23 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
 
 from exporter import brokers, heap
 from exporter.brokers.base import EventSource, QueueContext
-from exporter.collectors.registry import build_registry
+from exporter.collectors.registry import build_registry, build_sidecar_registry
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
 from exporter.inspect import Inspector, InspectStats, load_app_router
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.settings import Settings
+from exporter.sidecar.procfs import ProcReader
+from exporter.sidecar.watcher import SidecarWatcher
 from exporter.state.beat import BeatState
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueState
@@ -30,6 +36,29 @@ log = logging.getLogger(__name__)
 SWEEP_SECONDS = 1.0
 SHUTDOWN_SECONDS = 1.5
 DROPS_SHOWN_SECONDS = 300.0
+
+
+def http_server(
+    settings: Settings, registry: CollectorRegistry, readiness: Callable[[], Readiness]
+) -> HttpServer:
+    """The HTTP server the settings describe, serving ``registry``."""
+    return HttpServer(
+        registry=registry,
+        host=settings.host,
+        port=settings.port,
+        readiness=readiness,
+        auth=Authenticator(
+            username=settings.web_auth_username,
+            password=settings.web_password(),
+            token=settings.web_bearer_token(),
+        ),
+        tls=ssl_context(
+            settings.web_tls_cert_file,
+            settings.web_tls_key_file,
+            settings.web_tls_client_ca_file,
+        ),
+        protect_health=settings.web_protect_health,
+    )
 
 
 class Daemon:
@@ -99,23 +128,7 @@ class Daemon:
             pollers=self.pollers,
             clock=clock,
         )
-        self.http = HttpServer(
-            registry=registry,
-            host=settings.host,
-            port=settings.port,
-            readiness=self.readiness,
-            auth=Authenticator(
-                username=settings.web_auth_username,
-                password=settings.web_password(),
-                token=settings.web_bearer_token(),
-            ),
-            tls=ssl_context(
-                settings.web_tls_cert_file,
-                settings.web_tls_key_file,
-                settings.web_tls_client_ca_file,
-            ),
-            protect_health=settings.web_protect_health,
-        )
+        self.http = http_server(settings, registry, self.readiness)
         self.stop_event = asyncio.Event()
 
     def _queue_poller(self) -> QueueState:
@@ -222,10 +235,50 @@ class Daemon:
                 log.exception("state upkeep failed")
 
 
+class SidecarDaemon:
+    """A worker sidecar: no event stream, only this pod's workers, asked and read from /proc."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.watcher = SidecarWatcher(
+            broker_url=settings.resolved_broker_url(),
+            transport_options=dict(settings.broker_transport_options),
+            hostname=socket.gethostname(),
+            workers=settings.sidecar_workers,
+            inspect_interval=settings.sidecar_inspect_interval_seconds,
+            proc_interval=settings.sidecar_proc_interval_seconds,
+            timeout=settings.inspect_timeout_seconds,
+            proc=ProcReader(Path(settings.sidecar_proc_root)),
+            stats=InspectStats(),
+        )
+        registry = build_sidecar_registry(settings=settings, watcher=self.watcher)
+        self.http = http_server(settings, registry, self.readiness)
+        self.stop_event = asyncio.Event()
+
+    def readiness(self) -> Readiness:
+        """Ready once an inspection round has reached the broker, until one fails."""
+        connected = self.watcher.connected
+        return Readiness(connected, {"broker": "connected" if connected else "down"})
+
+    async def run(self) -> None:
+        """Serve until ``stop_event`` is set."""
+        await self.http.start()
+        watching = asyncio.create_task(self.watcher.run(self.stop_event), name="sidecar")
+        try:
+            await self.stop_event.wait()
+        finally:
+            log.info("shutting down")
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            await self.http.close()
+            self.watcher.close()
+            log.info("stopped")
+
+
 async def serve(settings: Settings) -> None:
     """Run a daemon until SIGTERM or SIGINT."""
     heap.configure()
-    daemon = Daemon(settings)
+    daemon = SidecarDaemon(settings) if settings.sidecar else Daemon(settings)
     # Everything imported and built so far lives as long as the process: out of the cyclic
     # collector's way, its full collections no longer stall a scrape for tens of milliseconds.
     gc.freeze()

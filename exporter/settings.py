@@ -269,6 +269,31 @@ class Settings:
         description="Sidecar mode with worker_filter '@<this host's name>$' (the pod's name).",
     )
 
+    # --- worker sidecar ---
+    sidecar: bool = option(
+        default=False,
+        description="Worker sidecar: watch this host's worker(s) (nodename *@<hostname>) "
+        "through /proc and inspections addressed to them alone, without the event stream: "
+        "memory, CPU, pool processes and their replacements, concurrency, active and reserved "
+        "tasks. In Kubernetes the pod needs shareProcessNamespace: true.",
+    )
+    sidecar_workers: list[str] = option(
+        default_factory=list,
+        description="Sidecar: the worker nodenames to watch (comma-separated; default: the "
+        "ones answering a ping addressed to *@<hostname>).",
+    )
+    sidecar_proc_interval_seconds: float = option(
+        default=5.0, gt=0, description="Sidecar: how often the workers' processes are read."
+    )
+    sidecar_inspect_interval_seconds: float = option(
+        default=15.0,
+        gt=0,
+        description="Sidecar: how often the workers are asked for stats, active and reserved.",
+    )
+    sidecar_proc_root: str = option(
+        default="/proc", min_length=1, description="Sidecar: where the process table is mounted."
+    )
+
     # --- worker metrics ---
     worker_timeout_heartbeats: float = option(
         default=3.0,

@@ -679,6 +679,39 @@ def workers() -> model.Dashboard:
         [(f"max by (worker) ({b.sel(defs.WORKER_LOAD1)})", "{{worker}}")],
         description="One-minute load average of each worker's host.", width=8,
     )  # fmt: skip
+    b.row("Processes (worker sidecar, --sidecar)")
+    b.timeseries(
+        "Memory", "bytes",
+        [(f"max by (worker) ({b.sel(defs.WORKER_MEMORY_RSS)})", "{{worker}}"),
+         (f"max by (worker) ({b.sel(defs.WORKER_POOL_PROCESS_MAX_RSS)})",
+          "{{worker}} largest pool process")],
+        description="Resident memory of each worker's main and pool processes together, and of "
+        "its largest pool process (dashed).",
+        width=8, dashed=".* largest pool process$",
+    )  # fmt: skip
+    b.timeseries(
+        "CPU", "percentunit",
+        [(f"sum by (worker) ({b.rate(defs.WORKER_CPU)})", "{{worker}}")],
+        description="Cores each worker's processes use, recycled pool processes included.",
+        width=8,
+    )  # fmt: skip
+    b.timeseries(
+        "Pool processes and replacements", "short",
+        [(f"max by (worker) ({b.sel(defs.WORKER_POOL_PROCESSES)})", "{{worker}}"),
+         (f"sum by (worker) ({b.increase(defs.WORKER_POOL_REPLACEMENTS)})", "{{worker}} replaced")],
+        description="Live pool processes, and those that exited and were replaced (dashed): "
+        "max_tasks_per_child or max_memory_per_child recycling, or crashes.",
+        width=8, dashed=".* replaced$",
+    )  # fmt: skip
+    b.timeseries(
+        "Worker restarts and /proc", "short",
+        [(f"max by (worker) (changes({b.sel(defs.WORKER_START_TIME)}[{RATE_INTERVAL}]))",
+          "{{worker}} restarted"),
+         (f"min by (worker) ({b.sel(defs.WORKER_PROCESSES_VISIBLE)})", "{{worker}} visible")],
+        description="Restarts of each worker's main process, and whether the sidecar sees its "
+        "processes (0: the pod does not share its process namespace).",
+        width=24,
+    )  # fmt: skip
     return b.build()
 
 

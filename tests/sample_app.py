@@ -39,6 +39,7 @@ RETRY = "tests.sample_app.retry_then_succeed"
 SLEEP = "tests.sample_app.sleep"
 RETRY_FAIL = "tests.sample_app.retry_then_fail"
 LOST_ONCE = "tests.sample_app.lost_once"
+RECORD_PID = "tests.sample_app.record_pid"
 
 ROUTES = {
     OK: {"queue": QUEUE_A},
@@ -48,6 +49,7 @@ ROUTES = {
     SLEEP: {"queue": QUEUE_B},
     RETRY_FAIL: {"queue": QUEUE_B},
     LOST_ONCE: {"queue": QUEUE_B},
+    RECORD_PID: {"queue": QUEUE_A},
 }
 MAX_RETRIES = 5
 RETRY_FAIL_RETRIES = 2
@@ -124,6 +126,16 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+def record_pid(path: str, seconds: float) -> int:
+    """Sleeps, then appends the pid of the process that ran it to ``path``: which pool
+    process ran which task, with no result backend."""
+    time.sleep(seconds)
+    pid = os.getpid()
+    with Path(path).open("a", encoding="utf-8") as file:
+        file.write(f"{pid}\n")
+    return pid
+
+
 # Registered by call rather than decorator: the functions keep their types for mypy, and the
 # tests publish by name only.
 app.task(name=OK)(ok)
@@ -134,3 +146,4 @@ app.task(name=SLEEP)(sleep)
 app.task(name=RETRY_FAIL, bind=True, max_retries=RETRY_FAIL_RETRIES)(retry_then_fail)
 # Acknowledged once done; requeued when its pool process dies (Celery's documented pair).
 app.task(name=LOST_ONCE, acks_late=True, reject_on_worker_lost=True)(lost_once)
+app.task(name=RECORD_PID)(record_pid)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kombu
 import pytest
@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import __version__
 from exporter.collectors.base import CollectorResults, Isolated
 from exporter.collectors.registry import build_registry
+from exporter.collectors.sidecar import SidecarCollector
 from exporter.config import load_settings
 from exporter.events.model import TaskEvent, WorkerEvent
 from exporter.events.status import SourceStatus
@@ -31,6 +32,8 @@ from exporter.inspect import Inspector, InspectStats
 from exporter.metrics import defs
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
+from exporter.sidecar.pool import PoolSnapshot
+from exporter.sidecar.watcher import WorkerReport
 from exporter.state.beat import BeatReadings, BeatState, RedBeatReading
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueReading, QueueState
@@ -40,6 +43,7 @@ from exporter.state.workers import WorkerState
 from tests.helpers import Clock
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+SIDECAR_GOLDEN = Path(__file__).parent / "golden" / "sidecar.txt"
 PROMTOOL_HINT = "promtool not found: apt-get install prometheus"
 T0 = 1_700_000_000.0
 W1 = "celery@worker-1"
@@ -292,6 +296,35 @@ def test_golden_exposition() -> None:
     assert rendered == GOLDEN.read_text(encoding="utf-8")
 
 
+class _Watcher:
+    """What the sidecar collector asks of its watcher: fixed reports."""
+
+    def reports(self) -> dict[str, WorkerReport]:
+        pool = PoolSnapshot(
+            main_pid=4242, main_start_ticks=100, pool_processes=3, replacements=4,
+            cpu_seconds=12.5, rss_bytes=300 << 20, largest_pool_rss_bytes=90 << 20,
+        )  # fmt: skip
+        return {
+            W1: WorkerReport(True, 3, 1, 0, True, True, pool, T0),
+            # not shared /proc: no pids, no process series
+            W2: WorkerReport(True, 2, 0, 0, False, False, None, None),
+        }
+
+
+def sidecar_page() -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SidecarCollector(cast(Any, _Watcher())))
+    return generate_latest(registry).decode("utf-8")
+
+
+def test_sidecar_golden_exposition() -> None:
+    """A worker sidecar's fixed reports render exactly tests/golden/sidecar.txt."""
+    rendered = sidecar_page()
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        SIDECAR_GOLDEN.write_text(rendered, encoding="utf-8")
+    assert rendered == SIDECAR_GOLDEN.read_text(encoding="utf-8")
+
+
 def test_build_info_names_the_running_versions() -> None:
     """celery_exporter_build_info carries the exporter, Python and kombu versions, value 1."""
     text = fixed_state().render()
@@ -405,9 +438,9 @@ def test_failing_collector_is_isolated() -> None:
 
 
 def test_golden_file_covers_every_defined_metric() -> None:
-    """Every metric of metrics/defs.py is in the golden file, with its declared type."""
-    families = text_string_to_metric_families(GOLDEN.read_text(encoding="utf-8"))
-    kinds = {family.name: family.type for family in families}
+    """Every metric of metrics/defs.py is in a golden file, with its declared type."""
+    pages = GOLDEN.read_text(encoding="utf-8") + SIDECAR_GOLDEN.read_text(encoding="utf-8")
+    kinds = {family.name: family.type for family in text_string_to_metric_families(pages)}
     # The parser names counter families without their _total suffix.
     declared = {d.name.removesuffix("_total") if d.kind == "counter" else d.name: d.kind
                 for d in defs.ALL}  # fmt: skip

@@ -25,7 +25,7 @@ class ExporterCollector:
     def __init__(
         self,
         *,
-        view: StateView,
+        view: StateView | None,
         sources: Sequence[SourceStatus],
         results: CollectorResults,
         inspections: InspectStats | None,
@@ -41,10 +41,22 @@ class ExporterCollector:
         self._build = [__version__, platform.python_version(), kombu.__version__]
 
     def collect(self) -> Iterable[Metric]:
-        stats = self._view.stats()
         build = defs.BUILD_INFO.gauge()
         build.add_metric(self._build, 1.0)
         yield build
+        if self._view is not None:  # a worker sidecar reads no events
+            yield from self._event_families(self._view)
+        if self._inspections is not None:
+            yield _by_label(defs.INSPECTIONS.counter(), self._inspections.read())
+        yield from self._poll_families()
+        success, duration = defs.COLLECTOR_SUCCESS.gauge(), defs.COLLECTOR_DURATION.gauge()
+        for name, (ok, seconds) in self._results.read().items():
+            success.add_metric([name], 1.0 if ok else 0.0)
+            duration.add_metric([name], seconds)
+        yield from (success, duration)
+
+    def _event_families(self, view: StateView) -> Iterable[Metric]:
+        stats = view.stats()
         yield _by_label(defs.EVENTS.counter(), stats.events)
         yield _by_label(defs.EVENTS_DROPPED.counter(), stats.dropped)
         yield _by_label(defs.STATE_EVICTIONS.counter(), stats.evictions)
@@ -70,14 +82,6 @@ class ExporterCollector:
             last.add_metric([], stats.last_event_at)
             lag.add_metric([], stats.last_event_lag)
         yield from (last, lag)
-        if self._inspections is not None:
-            yield _by_label(defs.INSPECTIONS.counter(), self._inspections.read())
-        yield from self._poll_families()
-        success, duration = defs.COLLECTOR_SUCCESS.gauge(), defs.COLLECTOR_DURATION.gauge()
-        for name, (ok, seconds) in self._results.read().items():
-            success.add_metric([name], 1.0 if ok else 0.0)
-            duration.add_metric([name], seconds)
-        yield from (success, duration)
 
     def _poll_families(self) -> list[Metric]:
         last, took = defs.POLL_LAST_SUCCESS.gauge(), defs.POLL_DURATION.gauge()

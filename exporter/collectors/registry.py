@@ -10,6 +10,7 @@ from exporter.collectors.base import Collector, CollectorResults, Isolated
 from exporter.collectors.beat import BeatCollector
 from exporter.collectors.exporter import ExporterCollector
 from exporter.collectors.queues import QueueCollector
+from exporter.collectors.sidecar import SidecarCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.events.status import SourceStatus
@@ -17,6 +18,7 @@ from exporter.inspect import Inspector
 from exporter.pipeline import StateView
 from exporter.poller import Poller
 from exporter.settings import Settings
+from exporter.sidecar.watcher import SidecarWatcher
 from exporter.state.beat import BeatState
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
@@ -96,6 +98,27 @@ def build_registry(
     )
     # After the exporter's own families: the task snapshot and the event counts stay as close
     # together as before (a reader comparing them within one page sees less drift).
+    if settings.collector_process:
+        enabled.append(("process", ProcessCollector(registry=None)))
+        enabled.append(("platform", PlatformCollector(registry=None)))
+    for name, collector in enabled:
+        registry.register(Isolated(name, collector, results))
+    return registry
+
+
+def build_sidecar_registry(*, settings: Settings, watcher: SidecarWatcher) -> CollectorRegistry:
+    """A worker sidecar's registry: its workers, the exporter's own health, the process's."""
+    registry = CollectorRegistry(auto_describe=False)
+    results = CollectorResults()
+    enabled: list[tuple[str, Collector]] = [
+        ("sidecar", SidecarCollector(watcher)),
+        (
+            "exporter",
+            ExporterCollector(
+                view=None, sources=(), results=results, inspections=watcher.stats, pollers=()
+            ),
+        ),
+    ]
     if settings.collector_process:
         enabled.append(("process", ProcessCollector(registry=None)))
         enabled.append(("platform", PlatformCollector(registry=None)))

@@ -118,7 +118,8 @@ TASK_SLA = MetricDef(
 # --- workers (collector "workers") ---
 WORKER_UP = MetricDef(
     "celery_worker_up", "gauge",
-    "1 while the worker's heartbeats arrive on time, 0 after worker-offline or missed heartbeats.",
+    "1 while the worker's heartbeats arrive on time, 0 after worker-offline or missed heartbeats "
+    "(worker sidecar: 1 while it answers the sidecar's inspection).",
     ("worker",),
 )  # fmt: skip
 WORKER_LAST_HEARTBEAT = MetricDef(
@@ -131,7 +132,8 @@ WORKER_HEARTBEAT_INTERVAL = MetricDef(
 )  # fmt: skip
 WORKER_TASKS_ACTIVE = MetricDef(
     "celery_worker_tasks_active", "gauge",
-    "Tasks executing on the worker, as of its last heartbeat.", ("worker",),
+    "Tasks executing on the worker, as of its last heartbeat (worker sidecar: inspection).",
+    ("worker",),
 )  # fmt: skip
 WORKER_TASKS_PROCESSED = MetricDef(
     "celery_worker_tasks_processed_total", "counter",
@@ -160,6 +162,42 @@ QUEUE_WORKERS_EXPECTED = MetricDef(
 WORKER_CONSUMING = MetricDef(
     "celery_worker_consuming", "gauge",
     "1 for each queue the worker consumes, as learned by inspection.", ("worker", "queue"),
+)  # fmt: skip
+
+# --- the worker's processes (worker sidecar, --sidecar) ---
+WORKER_PROCESSES_VISIBLE = MetricDef(
+    "celery_worker_processes_visible", "gauge",
+    "1 when the sidecar finds the worker's main process in its /proc, 0 when the pod does not "
+    "share its process namespace.", ("worker",),
+)  # fmt: skip
+WORKER_START_TIME = MetricDef(
+    "celery_worker_start_time_seconds", "gauge",
+    "When the worker's main process started (unix time): it changes when the worker restarts.",
+    ("worker",),
+)  # fmt: skip
+WORKER_MEMORY_RSS = MetricDef(
+    "celery_worker_memory_rss_bytes", "gauge",
+    "Resident memory of the worker's main process and pool processes together.", ("worker",),
+)  # fmt: skip
+WORKER_POOL_PROCESS_MAX_RSS = MetricDef(
+    "celery_worker_pool_process_max_rss_bytes", "gauge",
+    "Resident memory of the worker's largest pool process (the main process's when the pool "
+    "has none: threads, solo, gevent, eventlet).", ("worker",),
+)  # fmt: skip
+WORKER_CPU = MetricDef(
+    "celery_worker_cpu_seconds_total", "counter",
+    "CPU time of the worker's main and pool processes, recycled and restarted ones included.",
+    ("worker",),
+)  # fmt: skip
+WORKER_POOL_PROCESSES = MetricDef(
+    "celery_worker_pool_processes", "gauge",
+    "Live child processes of the worker's main process: prefork's pool (0 for other pools).",
+    ("worker",),
+)  # fmt: skip
+WORKER_POOL_REPLACEMENTS = MetricDef(
+    "celery_worker_pool_process_replacements_total", "counter",
+    "Pool processes that exited and were replaced: max_tasks_per_child, max_memory_per_child, "
+    "crashes.", ("worker",),
 )  # fmt: skip
 
 # --- queues (collector "queues") ---

@@ -67,7 +67,7 @@ URL. Call with (dict "root" $ "args" <list> "env" <list> "mounts" <list> "extra"
   {{- toYaml . | nindent 2 }}
   {{- end }}
   resources:
-    {{- toYaml $v.resources | nindent 4 }}
+    {{- toYaml (.resources | default $v.resources) | nindent 4 }}
   securityContext:
     {{- toYaml $v.securityContext | nindent 4 }}
   {{- with .mounts }}
