@@ -9,16 +9,17 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 from exporter import brokers, heap
 from exporter.brokers.base import EventSource, QueueContext
 from exporter.collectors.registry import build_registry
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
-from exporter.inspect import Inspector, InspectStats, load_app_router
+from exporter.inspect import Inspector, InspectStats, app_router, load_app
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.settings import Settings
-from exporter.state.beat import BeatState
+from exporter.state.beat import BeatState, PeriodicState, periodic_state
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
@@ -38,11 +39,15 @@ class Daemon:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self._clock = clock
-        route = load_app_router(settings.app) if settings.app else None
-        self.resolver = QueueResolver(route=route)
+        app = load_app(settings.app) if settings.app else None
+        self.resolver = QueueResolver(route=app_router(app) if app is not None else None)
+        self.periodic = self._periodic_state(app)
         worker_filter = WorkerFilter(settings.worker_pattern())
         tasks = TaskState.from_settings(
-            settings, resolver=self.resolver, worker_filter=worker_filter
+            settings,
+            resolver=self.resolver,
+            worker_filter=worker_filter,
+            watched=self.periodic.tasks if self.periodic is not None else (),
         )
         workers = WorkerState.from_settings(settings)
         url = settings.resolved_broker_url()
@@ -95,6 +100,7 @@ class Daemon:
             sources=[self.source.status],
             inspector=self.inspector,
             beat=self.beat,
+            periodic=self.periodic,
             queues=self.queues,
             pollers=self.pollers,
             clock=clock,
@@ -117,6 +123,24 @@ class Daemon:
             protect_health=settings.web_protect_health,
         )
         self.stop_event = asyncio.Event()
+
+    def _periodic_state(self, app: Any) -> PeriodicState | None:
+        """The periodic tasks watched: the app's beat_schedule, and --periodic-tasks."""
+        settings = self.settings
+        if not settings.collector_beat:
+            return None
+        started = self._clock()
+        app_schedules = {}
+        if app is not None and settings.app is not None:
+            from exporter.schedule import read_schedule  # noqa: PLC0415 - imports Celery
+
+            app_schedules = read_schedule(app, settings.app, started)
+        return periodic_state(
+            settings.periodic_tasks,
+            app_schedules,
+            grace=settings.periodic_task_grace_seconds,
+            started=started,
+        )
 
     def _queue_poller(self) -> QueueState:
         """The queue state and the broker's poller that fills it."""

@@ -31,7 +31,7 @@ from exporter.inspect import Inspector, InspectStats
 from exporter.metrics import defs
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
-from exporter.state.beat import BeatReadings, BeatState, RedBeatReading
+from exporter.state.beat import BeatReadings, BeatState, RedBeatReading, periodic_state
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueReading, QueueState
 from exporter.state.routing import QueueResolver
@@ -113,6 +113,12 @@ class Exporter:
             sources=[self.source],
             inspector=self.inspector,
             beat=self.beat,
+            periodic=periodic_state(
+                settings.periodic_tasks,
+                {},
+                grace=settings.periodic_task_grace_seconds,
+                started=T0,
+            ),
             queues=self.queues,
             pollers=self.pollers,
             clock=self.clock,

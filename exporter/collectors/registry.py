@@ -17,7 +17,7 @@ from exporter.inspect import Inspector
 from exporter.pipeline import StateView
 from exporter.poller import Poller
 from exporter.settings import Settings
-from exporter.state.beat import BeatState
+from exporter.state.beat import BeatState, PeriodicState
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
 
@@ -30,6 +30,7 @@ def build_registry(
     sources: Sequence[SourceStatus],
     inspector: Inspector | None,
     beat: BeatState | None,
+    periodic: PeriodicState | None,
     queues: QueueState | None,
     pollers: Sequence[Poller],
     clock: Callable[[], float],
@@ -79,7 +80,12 @@ def build_registry(
         )
     if settings.collector_beat:
         enabled.append(
-            ("beat", BeatCollector(settings=settings, view=view, beat=beat, clock=clock))
+            (
+                "beat",
+                BeatCollector(
+                    settings=settings, view=view, beat=beat, periodic=periodic, clock=clock
+                ),
+            )
         )
     enabled.append(
         (

@@ -1,12 +1,18 @@
 """Beat liveness as the Redis-side probes last saw it (the event-side heartbeat lives in
-TaskState's watched task names)."""
+TaskState's watched task names), and the periodic tasks' due times and missed runs."""
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
+
+NextDue = Callable[[float], float]  # unix time of a run -> unix time the entry is due next
+# Due times looked at per task and read, at most: a schedule far more frequent than scrapes
+# (or a stuck one) costs bounded time; the count goes on from there at the next read.
+MAX_DUES_PER_READ = 10_000
 
 
 class RedBeatReading(NamedTuple):
@@ -56,3 +62,87 @@ class BeatState:
     def read(self) -> BeatReadings:
         with self._lock:
             return self._readings
+
+
+def interval_due(interval: float) -> NextDue:
+    """An entry due ``interval`` seconds after each run (``--periodic-tasks``)."""
+    return lambda after: after + interval
+
+
+class PeriodicReading(NamedTuple):
+    next_due: float  # unix time the task is due next, after its last run (or start-up)
+    missed: int  # due times passed by more than the grace with no run since, ever
+
+
+class _Watch:
+    __slots__ = ("anchor", "counted", "dues", "missed")
+
+    def __init__(self, dues: Sequence[NextDue], started: float) -> None:
+        self.dues = tuple(dues)
+        self.anchor = started  # the last run, else start-up
+        self.counted = started  # the latest due time counted as missed
+        self.missed = 0
+
+    def next_due(self, after: float) -> float:
+        # Entries that share a task: the earliest of their due times.
+        return min(due(after) for due in self.dues)
+
+    def count(self, until: float, grace: float) -> None:
+        """Count the due times after the anchor whose grace had run out by ``until``."""
+        due = self.next_due(max(self.anchor, self.counted))
+        for _ in range(MAX_DUES_PER_READ):
+            if due + grace >= until or due <= self.counted:
+                return
+            self.missed += 1
+            self.counted = due
+            due = self.next_due(due)
+
+
+class PeriodicState:
+    """Per periodic task: when it is due next and how many due times passed without a run.
+
+    Fed with each task's last run (task-sent, else task-received) at every read: a due time
+    is missed when its grace ran out before the next run, or before now with none yet. Each
+    due time counts once, however often it is read; a run that comes late still counts the
+    due times whose grace ran out before it.
+    """
+
+    def __init__(
+        self, schedules: Mapping[str, Sequence[NextDue]], *, grace: float, started: float
+    ) -> None:
+        self._lock = threading.Lock()
+        self._grace = grace
+        self._watches = {task: _Watch(dues, started) for task, dues in schedules.items()}
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self._watches)
+
+    def read(self, last_runs: Mapping[str, float], now: float) -> dict[str, PeriodicReading]:
+        readings: dict[str, PeriodicReading] = {}
+        with self._lock:
+            for task, watch in self._watches.items():
+                last = last_runs.get(task)
+                if last is not None and last > watch.anchor:
+                    watch.count(last, self._grace)
+                    watch.anchor = last
+                watch.count(now, self._grace)
+                readings[task] = PeriodicReading(watch.next_due(watch.anchor), watch.missed)
+        return readings
+
+
+def periodic_state(
+    intervals: Mapping[str, float],
+    app_schedules: Mapping[str, Sequence[NextDue]],
+    *,
+    grace: float,
+    started: float,
+) -> PeriodicState | None:
+    """The tasks of ``--periodic-tasks`` (due an interval after each run) and of the app's
+    beat_schedule together; None when there are none."""
+    schedules: dict[str, list[NextDue]] = {task: list(dues) for task, dues in app_schedules.items()}
+    for task, interval in intervals.items():
+        schedules.setdefault(task, []).append(interval_due(interval))
+    if not schedules:
+        return None
+    return PeriodicState(schedules, grace=grace, started=started)
