@@ -13,6 +13,7 @@ from typing import Any
 
 from exporter import brokers, heap
 from exporter.brokers.base import EventSource, QueueContext
+from exporter.collectors.beat import RedBeatReader
 from exporter.collectors.registry import build_registry
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
 from exporter.inspect import Inspector, InspectStats, app_router, load_app
@@ -41,6 +42,11 @@ class Daemon:
         self._clock = clock
         app = load_app(settings.app) if settings.app else None
         self.resolver = QueueResolver(route=app_router(app) if app is not None else None)
+        self.redbeat_entries: RedBeatReader | None = None
+        if settings.collector_beat and settings.beat_redbeat and app is not None:
+            from exporter.schedule import RedBeatEntries  # noqa: PLC0415 - imports Celery
+
+            self.redbeat_entries = RedBeatEntries(app, str(settings.app)).read
         self.periodic = self._periodic_state(app)
         worker_filter = WorkerFilter(settings.worker_pattern())
         tasks = TaskState.from_settings(
@@ -101,6 +107,7 @@ class Daemon:
             inspector=self.inspector,
             beat=self.beat,
             periodic=self.periodic,
+            redbeat_entries=self.redbeat_entries,
             queues=self.queues,
             pollers=self.pollers,
             clock=clock,
@@ -125,7 +132,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
 
     def _periodic_state(self, app: Any) -> PeriodicState | None:
-        """The periodic tasks watched: the app's beat_schedule, and --periodic-tasks."""
+        """The periodic tasks watched: the app's beat_schedule, --periodic-tasks, and with
+        --beat-redbeat RedBeat's entries as they come and go."""
         settings = self.settings
         if not settings.collector_beat:
             return None
@@ -140,6 +148,7 @@ class Daemon:
             app_schedules,
             grace=settings.periodic_task_grace_seconds,
             started=started,
+            dynamic=self.redbeat_entries is not None,
         )
 
     def _queue_poller(self) -> QueueState:

@@ -370,7 +370,9 @@ class Settings:
         description="Redis holding the heartbeat key and RedBeat's keys (default: the broker).",
     )
     beat_redbeat: bool = option(
-        default=False, description="Watch RedBeat's lock and schedule (source redbeat)."
+        default=False,
+        description="Watch RedBeat's lock and schedule (source redbeat); with app, also each "
+        "RedBeat entry as a periodic task (needs celery-redbeat).",
     )
     beat_redbeat_key_prefix: str = option(
         default="redbeat:", description="RedBeat's redbeat_key_prefix."

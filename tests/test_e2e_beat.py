@@ -538,3 +538,79 @@ def test_app_schedule_next_due_and_missed_runs(
         every: round((second - first) / interval),
         minutely: crontab_deadlines,
     }, _diagnostics(exp, beat)
+
+
+def test_redbeat_entries_are_watched_as_they_come_and_go(
+    redis_factory: RedisFactory,
+    exporter_factory: ExporterFactory,
+    celery_procs: ProcsFactory,
+) -> None:
+    """A real ``celery beat -S redbeat.RedBeatScheduler`` running tests.beat_schedule_app, and
+    the exporter with ``--app`` and ``--beat-redbeat``. An entry added to RedBeat at run time
+    (every 3 s, a task the app's beat_schedule does not name, saved with redbeat's own
+    RedBeatSchedulerEntry) is watched: its last run is RedBeat's own last_run_at, exactly, and
+    its next due that plus 3 s; deleted from RedBeat, its series go."""
+    if importlib.util.find_spec("redbeat") is None:
+        pytest.fail("celery-redbeat is not installed: scripts/setup.sh test", pytrace=False)
+    from redbeat import RedBeatSchedulerEntry
+
+    dynamic = "tests.periodic.added_at_run_time"
+    server = redis_factory()
+    exp = exporter_factory(
+        server.url,
+        "--app", "tests.beat_schedule_app:app",
+        "--beat-redbeat",
+        "--beat-redbeat-lock-timeout-seconds", str(beat_app.REDBEAT_LOCK_TIMEOUT),
+        "--beat-poll-interval-seconds", "0.5",
+        "--periodic-task-grace-seconds", str(GRACE),
+    )  # fmt: skip
+    procs = celery_procs(server.url)
+    beat = procs.beat(
+        app="tests.beat_schedule_app",
+        extra=["-S", "redbeat.RedBeatScheduler"],
+        env=procs.env(**{beat_app.REDBEAT_ENV: "1"}),
+    )
+    app: Any = sa.make_app(server.url, name="redbeat-entries")
+    app.conf.redbeat_redis_url = server.url
+    try:
+        entry = RedBeatSchedulerEntry("added", dynamic, 3.0, app=app).save()
+        wait_advancing(exp, PERIODIC_LAST, 2, START_SECONDS, beat, task=dynamic)
+        samples: list[Sample] = []
+        recorded: list[float | None] = [None]
+
+        def as_redbeat_recorded() -> bool:
+            nonlocal samples
+            # RedBeat's record read before and after the scrape: a run between them retries.
+            before = RedBeatSchedulerEntry.load_meta(entry.key, app=app)["last_run_at"]
+            samples = scrape(exp.port)
+            after = RedBeatSchedulerEntry.load_meta(entry.key, app=app)["last_run_at"]
+            recorded[0] = before.timestamp() if before == after else None
+            return (
+                recorded[0] is not None
+                and value(samples, PERIODIC_LAST, task=dynamic) == (recorded[0])
+            )
+
+        wait_until(
+            as_redbeat_recorded,
+            10,
+            lambda: (
+                f"last sent is not RedBeat's last_run_at {recorded[0]}; " + _diagnostics(exp, beat)
+            ),
+        )
+        last = recorded[0]
+        assert last is not None
+        assert value(samples, PERIODIC_NEXT_DUE, task=dynamic) == _after(last, 3.0)
+        # The app's own entries are watched beside it.
+        assert value(samples, PERIODIC_NEXT_DUE, task=beat_schedule_app.INTERVAL_TASK) is not None
+
+        entry.delete()
+        wait_until(
+            lambda: value(scrape(exp.port), PERIODIC_NEXT_DUE, task=dynamic) is None,
+            10,
+            "the deleted RedBeat entry is still watched",
+        )
+        samples = scrape(exp.port)
+        assert value(samples, PERIODIC_LAST, task=dynamic) is None
+        assert value(samples, PERIODIC_MISSED, task=dynamic) is None
+    finally:
+        app.close()

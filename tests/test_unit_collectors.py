@@ -119,6 +119,7 @@ class Exporter:
                 grace=settings.periodic_task_grace_seconds,
                 started=T0,
             ),
+            redbeat_entries=None,
             queues=self.queues,
             pollers=self.pollers,
             clock=self.clock,

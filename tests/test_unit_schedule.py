@@ -3,16 +3,19 @@ classes (exporter/schedule.py) and the missed due times counted from runs (state
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from celery import Celery
 from celery.schedules import crontab, schedule
+from redbeat.decoder import RedBeatJSONEncoder
 
 from exporter.inspect import AppLoadError
-from exporter.schedule import read_schedule
+from exporter.schedule import RedBeatEntries, read_schedule
 from exporter.state.beat import PeriodicReading, PeriodicState, interval_due, periodic_state
 
 SPEC = "proj:app"
@@ -229,3 +232,58 @@ def test_periodic_state_joins_the_config_and_the_app() -> None:
         "t.config": PeriodicReading(S + 305, 0),
     }
     assert periodic_state({}, {}, grace=GRACE, started=S) is None
+
+
+# --- RedBeat's entries ------------------------------------------------------------------
+
+
+def _redbeat(fields: dict[str, Any]) -> bytes:
+    return json.dumps(fields, cls=RedBeatJSONEncoder).encode()
+
+
+def test_redbeat_entries_read_with_redbeats_own_encoding(app: Celery) -> None:
+    """Definitions and metas as RedBeat writes them (its own JSON encoder): an interval and a
+    crontab entry give their task, due times in the app's timezone and RedBeat's last run; a
+    disabled entry, one deleted between the reads, one with no schedule and one that is not
+    JSON are left out; an entry never run has no last run."""
+    reader = RedBeatEntries(app, SPEC)
+    ran = datetime.fromtimestamp(T, UTC).astimezone(ZoneInfo(KOLKATA))
+    raw = [
+        (
+            _redbeat({"name": "i", "task": "t.interval", "schedule": schedule(30.0)}),
+            _redbeat({"last_run_at": ran, "total_run_count": 3}),
+        ),
+        (
+            _redbeat({"name": "c", "task": "t.daily", "schedule": crontab(hour=3, minute=0)}),
+            None,
+        ),
+        (
+            _redbeat({"name": "d", "task": "t.off", "schedule": schedule(5.0), "enabled": False}),
+            None,
+        ),
+        (None, None),
+        (_redbeat({"name": "n", "task": "t.none", "schedule": None}), None),
+        (b"not json", None),
+    ]
+    entries = reader.read(raw)
+    assert [(e.task, e.last_run) for e in entries] == [("t.interval", T), ("t.daily", None)]
+    assert entries[0].next_due(T) == T + 30
+    assert entries[1].next_due(T) == utc("2024-05-06 21:30")
+    # Read again: the same decoded entries, not rebuilt.
+    again = reader.read(raw)
+    assert [e.next_due for e in again] == [e.next_due for e in entries]
+
+
+def test_dynamic_entries_come_and_go() -> None:
+    """Entries read at run time join those of start-up: a new task is watched from when it was
+    first seen, a task of both takes the earliest due, a task gone is dropped, and a start-up
+    task keeps its own schedule when the dynamic one goes."""
+    state = PeriodicState({"t.static": [interval_due(60)]}, grace=GRACE, started=S)
+    state.update_dynamic({"t.new": [interval_due(30)], "t.static": [interval_due(20)]}, S + 5)
+    assert state.read({}, S + 6) == {
+        "t.static": PeriodicReading(S + 20, 0),
+        "t.new": PeriodicReading(S + 35, 0),
+    }
+    state.update_dynamic({}, S + 7)
+    assert state.read({}, S + 8) == {"t.static": PeriodicReading(S + 60, 0)}
+    assert state.tasks == ["t.static"]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter.collectors.base import Collector, CollectorResults, Isolated
-from exporter.collectors.beat import BeatCollector
+from exporter.collectors.beat import BeatCollector, RedBeatReader
 from exporter.collectors.exporter import ExporterCollector
 from exporter.collectors.queues import QueueCollector
 from exporter.collectors.tasks import TaskCollector
@@ -31,6 +31,7 @@ def build_registry(
     inspector: Inspector | None,
     beat: BeatState | None,
     periodic: PeriodicState | None,
+    redbeat_entries: RedBeatReader | None,
     queues: QueueState | None,
     pollers: Sequence[Poller],
     clock: Callable[[], float],
@@ -83,7 +84,12 @@ def build_registry(
             (
                 "beat",
                 BeatCollector(
-                    settings=settings, view=view, beat=beat, periodic=periodic, clock=clock
+                    settings=settings,
+                    view=view,
+                    beat=beat,
+                    periodic=periodic,
+                    redbeat_entries=redbeat_entries,
+                    clock=clock,
                 ),
             )
         )

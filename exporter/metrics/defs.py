@@ -198,7 +198,7 @@ REDBEAT_NEXT_DUE = MetricDef(
 PERIODIC_LAST_SENT = MetricDef(
     "celery_periodic_task_last_sent_timestamp_seconds", "gauge",
     "Last task-sent (else task-received) of a periodic task: one of the app's beat_schedule "
-    "or named in the config (unix time).",
+    "or named in the config; for RedBeat's entries also RedBeat's own last run (unix time).",
     ("task",),
 )  # fmt: skip
 PERIODIC_NEXT_DUE = MetricDef(

@@ -18,6 +18,14 @@ MAX_DUES_PER_READ = 10_000
 class RedBeatReading(NamedTuple):
     lock_ttl: float | None  # seconds left on the lock; None when nobody holds it
     next_due: float | None  # unix time the most overdue schedule entry was due
+    # Each entry's (definition, meta) JSON, when its entries are watched (--app).
+    entries: tuple[tuple[bytes | None, bytes | None], ...] = ()
+
+
+class RedBeatEntry(NamedTuple):
+    task: str
+    next_due: NextDue
+    last_run: float | None  # RedBeat's own last_run_at (unix time)
 
 
 class BeatReadings(NamedTuple):
@@ -112,11 +120,27 @@ class PeriodicState:
     ) -> None:
         self._lock = threading.Lock()
         self._grace = grace
+        self._static = {task: tuple(dues) for task, dues in schedules.items()}
         self._watches = {task: _Watch(dues, started) for task, dues in schedules.items()}
 
     @property
     def tasks(self) -> list[str]:
-        return list(self._watches)
+        """The tasks of the schedules given at start-up."""
+        return list(self._static)
+
+    def update_dynamic(self, schedules: Mapping[str, Sequence[NextDue]], now: float) -> None:
+        """Replace the entries read at run time (RedBeat's) besides those given at start-up:
+        a task first seen now is watched from now, one no longer scheduled is dropped."""
+        with self._lock:
+            for task in self._watches.keys() - self._static.keys() - schedules.keys():
+                del self._watches[task]
+            for task in self._static.keys() | schedules.keys():
+                dues = (*self._static.get(task, ()), *schedules.get(task, ()))
+                watch = self._watches.get(task)
+                if watch is None:
+                    self._watches[task] = _Watch(dues, now)
+                else:
+                    watch.dues = dues
 
     def read(self, last_runs: Mapping[str, float], now: float) -> dict[str, PeriodicReading]:
         readings: dict[str, PeriodicReading] = {}
@@ -137,12 +161,13 @@ def periodic_state(
     *,
     grace: float,
     started: float,
+    dynamic: bool = False,
 ) -> PeriodicState | None:
     """The tasks of ``--periodic-tasks`` (due an interval after each run) and of the app's
-    beat_schedule together; None when there are none."""
+    beat_schedule together; None when there are none and none may come (``dynamic``)."""
     schedules: dict[str, list[NextDue]] = {task: list(dues) for task, dues in app_schedules.items()}
     for task, interval in intervals.items():
         schedules.setdefault(task, []).append(interval_due(interval))
-    if not schedules:
+    if not schedules and not dynamic:
         return None
     return PeriodicState(schedules, grace=grace, started=started)
