@@ -61,7 +61,7 @@ PARAMS: dict[str, dict[str, ParamKind]] = {
     "CeleryTasksOrphaned": {"window": "duration"},
     "CeleryTaskStuck": {"sla_factor": "number", "min_age": "duration"},
     "CeleryBeatHeartbeatStale": {"max_age": "duration"},
-    "CeleryPeriodicTaskOverdue": {"interval_factor": "number"},
+    "CeleryPeriodicTaskOverdue": {"grace": "duration"},
     "CeleryExporterDown": {},
     "CeleryExporterBrokerUnreachable": {},
     "CeleryExporterCollectorFailing": {},
@@ -746,19 +746,16 @@ class Builder:
         ]  # fmt: skip
 
     def celery_periodic_task_overdue(self, name: str, level: Level) -> list[Rule]:
-        t, factor = self.agg("task"), level.number("interval_factor")
-        last_sent = self.m("celery_periodic_task_last_sent_timestamp_seconds")
-        interval = self.m("celery_periodic_task_expected_interval_seconds")
-        expr = f"""
-            time() - max by ({t}) ({last_sent})
-            > on ({t})
-            max by ({t}) ({interval}) * {num(factor)}
-        """
+        t, grace = self.agg("task"), level.duration("grace")
+        # Next due follows the last task-sent (else the exporter's start-up) by the task's
+        # schedule, so a daily 03:00 job is overdue at 03:00 plus the grace.
+        next_due = self.m("celery_periodic_task_next_due_timestamp_seconds")
+        expr = f"time() - max by ({t}) ({next_due}) > {num(seconds(grace))}"
         return [
             self.alert(
                 name, level, expr, "A Celery periodic task has not been sent on time.",
-                f"Periodic task {label('task')} was last sent {VALUE_DURATION} ago, more than "
-                f"{times(factor)} its expected interval, for {level.for_}.",
+                f"Periodic task {label('task')} was due {VALUE_DURATION} ago and has not been "
+                f"sent since (grace {grace}), for {level.for_}.",
             )
         ]  # fmt: skip
 

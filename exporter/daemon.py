@@ -11,20 +11,22 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from exporter import brokers, heap
 from exporter.brokers.base import EventSource, QueueContext
+from exporter.collectors.beat import RedBeatReader
 from exporter.collectors.registry import build_registry, build_sidecar_registry
 from exporter.http import Authenticator, HttpServer, Readiness, ssl_context
-from exporter.inspect import Inspector, InspectStats, load_app_router
+from exporter.inspect import Inspector, InspectStats, app_router, load_app
 from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.settings import Settings
 from exporter.sidecar.procfs import ProcReader
 from exporter.sidecar.watcher import SidecarWatcher
-from exporter.state.beat import BeatState
+from exporter.state.beat import BeatState, PeriodicState, periodic_state
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
@@ -67,11 +69,20 @@ class Daemon:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self._clock = clock
-        route = load_app_router(settings.app) if settings.app else None
-        self.resolver = QueueResolver(route=route)
+        app = load_app(settings.app) if settings.app else None
+        self.resolver = QueueResolver(route=app_router(app) if app is not None else None)
+        self.redbeat_entries: RedBeatReader | None = None
+        if settings.collector_beat and settings.beat_redbeat and app is not None:
+            from exporter.schedule import RedBeatEntries  # noqa: PLC0415 - imports Celery
+
+            self.redbeat_entries = RedBeatEntries(app, str(settings.app)).read
+        self.periodic = self._periodic_state(app)
         worker_filter = WorkerFilter(settings.worker_pattern())
         tasks = TaskState.from_settings(
-            settings, resolver=self.resolver, worker_filter=worker_filter
+            settings,
+            resolver=self.resolver,
+            worker_filter=worker_filter,
+            watched=self.periodic.tasks if self.periodic is not None else (),
         )
         workers = WorkerState.from_settings(settings)
         url = settings.resolved_broker_url()
@@ -124,12 +135,34 @@ class Daemon:
             sources=[self.source.status],
             inspector=self.inspector,
             beat=self.beat,
+            periodic=self.periodic,
+            redbeat_entries=self.redbeat_entries,
             queues=self.queues,
             pollers=self.pollers,
             clock=clock,
         )
         self.http = http_server(settings, registry, self.readiness)
         self.stop_event = asyncio.Event()
+
+    def _periodic_state(self, app: Any) -> PeriodicState | None:
+        """The periodic tasks watched: the app's beat_schedule, --periodic-tasks, and with
+        --beat-redbeat RedBeat's entries as they come and go."""
+        settings = self.settings
+        if not settings.collector_beat:
+            return None
+        started = self._clock()
+        app_schedules = {}
+        if app is not None and settings.app is not None:
+            from exporter.schedule import read_schedule  # noqa: PLC0415 - imports Celery
+
+            app_schedules = read_schedule(app, settings.app, started)
+        return periodic_state(
+            settings.periodic_tasks,
+            app_schedules,
+            grace=settings.periodic_task_grace_seconds,
+            started=started,
+            dynamic=self.redbeat_entries is not None,
+        )
 
     def _queue_poller(self) -> QueueState:
         """The queue state and the broker's poller that fills it."""

@@ -252,8 +252,8 @@ class AppLoadError(Exception):
     """--app names something that cannot be imported as a Celery app."""
 
 
-def load_app_router(spec: str) -> Callable[[str], str | None]:
-    """Import ``module:attribute`` and return task name -> queue from its routing config."""
+def load_app(spec: str) -> Any:
+    """Import ``module:attribute``: the Celery app it names."""
     import importlib  # noqa: PLC0415 - only with --app
 
     module_name, _, attribute = spec.partition(":")
@@ -261,9 +261,15 @@ def load_app_router(spec: str) -> Callable[[str], str | None]:
         app: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             app = getattr(app, part)
-        router = app.amqp.router
+        app.amqp  # noqa: B018 - anything else is not a Celery app
     except (ImportError, AttributeError) as err:
         raise AppLoadError(f"--app {spec}: cannot load a Celery app: {err}") from err
+    return app
+
+
+def app_router(app: Any) -> Callable[[str], str | None]:
+    """Task name -> queue, from the app's routing config."""
+    router = app.amqp.router
 
     def route(task: str) -> str | None:
         try:

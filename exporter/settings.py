@@ -322,7 +322,7 @@ class Settings:
     app: str | None = option(
         default=None,
         description="Celery app 'module:attribute' whose task_routes name each task's queue "
-        "(needs the app importable).",
+        "and whose beat_schedule entries are watched (needs the app importable).",
     )
     inspect_interval_seconds: float = option(
         default=60.0,
@@ -395,7 +395,9 @@ class Settings:
         description="Redis holding the heartbeat key and RedBeat's keys (default: the broker).",
     )
     beat_redbeat: bool = option(
-        default=False, description="Watch RedBeat's lock and schedule (source redbeat)."
+        default=False,
+        description="Watch RedBeat's lock and schedule (source redbeat); with app, also each "
+        "RedBeat entry as a periodic task (needs celery-redbeat).",
     )
     beat_redbeat_key_prefix: str = option(
         default="redbeat:", description="RedBeat's redbeat_key_prefix."
@@ -418,7 +420,14 @@ class Settings:
     )
     periodic_tasks: dict[str, float] = option(
         default_factory=dict,
-        description='Periodic tasks to watch, JSON {"task name": expected interval seconds}.',
+        description='Periodic tasks to watch, JSON {"task name": expected interval seconds}, '
+        "for apps the exporter cannot import; with --app every beat_schedule entry is watched.",
+    )
+    periodic_task_grace_seconds: float = option(
+        default=60.0,
+        ge=0,
+        description="A periodic task's due time counts as missed once passed by this long "
+        "with no task-sent.",
     )
 
     # --- collectors ---

@@ -420,9 +420,22 @@ def beat_rows(b: Board) -> None:
         "Periodic tasks: time since last run", "s",
         [(f"time() - max by (task) ({b.sel(defs.PERIODIC_LAST_SENT)})", "{{task}}"),
          (f"max by (task) ({b.sel(defs.PERIODIC_INTERVAL)})", "{{task}} expected interval")],
-        description="Time since each configured periodic task was last sent, against its "
-        "expected interval (dashed).",
+        description="Time since each periodic task was last sent, against the expected "
+        "interval (dashed) of those named in --periodic-tasks.",
         width=8, dashed=".* expected interval$",
+    )  # fmt: skip
+    b.timeseries(
+        "Periodic tasks: overdue by", "s",
+        [(f"time() - max by (task) ({b.sel(defs.PERIODIC_NEXT_DUE)})", "{{task}}")],
+        description="How long past its next due time each periodic task is, by its schedule "
+        "(negative: not due yet). CeleryPeriodicTaskOverdue fires 1m past it.",
+        min_val=None,
+    )  # fmt: skip
+    b.timeseries(
+        "Periodic tasks: missed runs", "short",
+        [(f"sum by (task) ({b.increase(defs.PERIODIC_MISSED)})", "{{task}}")],
+        description="Due times each periodic task let pass by more than the grace "
+        "(--periodic-task-grace-seconds) without a task-sent.",
     )  # fmt: skip
 
 

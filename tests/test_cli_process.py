@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import bad_schedule_app
 from tests import sample_app as sa
 from tests.helpers import Expected, http_get, scrape, value, wait_for_metrics, wait_until
 from tests.scenarios import wait_worker_up
@@ -58,6 +59,21 @@ def test_bad_flag_value_exits_2_with_one_line(flag: str, bad_value: str, env: st
     assert len(lines) == 1, result.stderr
     assert flag in lines[0]
     assert env in lines[0]
+    assert result.stdout == ""
+
+
+def test_unreadable_beat_schedule_exits_2_naming_the_entry() -> None:
+    """An --app whose beat_schedule holds an entry that is no Celery schedule (a cron string):
+    the process exits with code 2 before serving, with one line on stderr naming the app and
+    the entry, and nothing on stdout."""
+    spec = "tests.bad_schedule_app:app"
+    result = _python("-m", "exporter", "--app", spec, "--port", str(free_port()))
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        f"celery-exporter: error: --app {spec}: beat_schedule entry "
+        f"{bad_schedule_app.BAD_ENTRY!r}: schedule '0 3 * * *' is not a Celery schedule "
+        "(a number, timedelta, crontab, solar or other celery.schedules.BaseSchedule)"
+    ]
     assert result.stdout == ""
 
 

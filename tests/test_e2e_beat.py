@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ import redis
 from prometheus_client.samples import Sample
 
 import exporter.beat
-from tests import beat_app
+from tests import beat_app, beat_schedule_app
 from tests import sample_app as sa
 from tests.celery_procs import CeleryProcess, ProcsFactory
 from tests.helpers import http_get, scrape, value, wait_for_value, wait_until
@@ -430,3 +431,186 @@ def test_redbeat_keys_are_read_unprefixed_under_global_keyprefix(
     finally:
         client.delete(lock, schedule)
         client.close()
+
+
+# --- the app's beat_schedule ------------------------------------------------------------
+
+PERIODIC_NEXT_DUE = "celery_periodic_task_next_due_timestamp_seconds"
+PERIODIC_MISSED = "celery_periodic_task_missed_total"
+GRACE = 1.0
+MINUTE_SECONDS = 90.0  # a crontab's whole minute, plus Beat's start-up
+
+
+def _after(anchor: float, seconds: float) -> float:
+    """``anchor`` plus ``seconds`` as the exporter computes it (datetime, to the microsecond)."""
+    return (datetime.fromtimestamp(anchor, UTC) + timedelta(seconds=seconds)).timestamp()
+
+
+def _next_minute(moment: float) -> float:
+    return (math.floor(moment / 60) + 1) * 60.0
+
+
+def _scrape_at(exporter: ExporterProcess, moment: float) -> list[Sample]:
+    time.sleep(max(0.0, moment - time.time()))
+    return scrape(exporter.port)
+
+
+def test_app_schedule_next_due_and_missed_runs(
+    redis_factory: RedisFactory,
+    exporter_factory: ExporterFactory,
+    celery_procs: ProcsFactory,
+) -> None:
+    """The exporter started with ``--app tests.beat_schedule_app:app`` (no --periodic-tasks)
+    and a real ``celery beat`` running that app: an entry every 2 s and a crontab every minute.
+
+    While Beat runs, next due of the interval task is exactly its last task-sent plus 2 s, and
+    of the crontab task the whole minute after its last task-sent (sent within a second of
+    its minute). Beat stopped: last-sent and next due stay; between two scrapes placed midway
+    between grace deadlines (due time + 1 s), the missed counters grow by exactly the due times
+    whose grace ran out in between: one per 2 s for the interval task, and one for the crontab
+    task, whose window spans one whole minute."""
+    server = redis_factory()
+    exp = exporter_factory(
+        server.url,
+        "--app", "tests.beat_schedule_app:app",
+        "--periodic-task-grace-seconds", str(GRACE),
+    )  # fmt: skip
+    beat = celery_procs(server.url).beat(app="tests.beat_schedule_app")
+    every, minutely = beat_schedule_app.INTERVAL_TASK, beat_schedule_app.CRONTAB_TASK
+    interval = beat_schedule_app.INTERVAL_SECONDS
+
+    wait_advancing(exp, PERIODIC_LAST, 2, START_SECONDS, beat, task=every)
+    samples = scrape(exp.port)
+    last = value(samples, PERIODIC_LAST, task=every)
+    assert last is not None
+    assert value(samples, PERIODIC_NEXT_DUE, task=every) == _after(last, interval)
+
+    wait_until(
+        lambda: value(scrape(exp.port), PERIODIC_LAST, task=minutely) is not None,
+        MINUTE_SECONDS,
+        lambda: "the crontab task was never sent; " + _diagnostics(exp, beat),
+    )
+    samples = scrape(exp.port)
+    last_minutely = value(samples, PERIODIC_LAST, task=minutely)
+    assert last_minutely is not None
+    assert last_minutely % 60 < 1.0, f"sent at {last_minutely}, not at a whole minute"
+    assert value(samples, PERIODIC_NEXT_DUE, task=minutely) == _next_minute(last_minutely)
+    last = value(samples, PERIODIC_LAST, task=every)
+    assert last is not None
+    assert value(samples, PERIODIC_NEXT_DUE, task=every) == _after(last, interval)
+
+    beat.stop()
+    time.sleep(0.5)  # the last task-sent, published before Beat's exit, reaches the exporter
+    samples = scrape(exp.port)
+    last = value(samples, PERIODIC_LAST, task=every)
+    last_minutely = value(samples, PERIODIC_LAST, task=minutely)
+    assert last is not None
+    assert last_minutely is not None
+
+    # Grace deadlines: every 2 s at last + 2k + 1 (interval) and at each minute + 1 (crontab).
+    # Scrapes go midway between the interval's, at least 0.3 s from a crontab one, so that
+    # scrape latency cannot put a deadline on the wrong side.
+    def midway(earliest: float) -> float:
+        moment = last + interval * math.ceil((earliest - last) / interval)
+        while abs((moment - GRACE) - round((moment - GRACE) / 60) * 60) < 0.3:
+            moment += interval
+        return moment
+
+    first = midway(time.time() + 0.5)
+    second = midway(_next_minute(first) + GRACE + 0.5)
+    before = _scrape_at(exp, first)
+    after = _scrape_at(exp, second)
+    for samples in (before, after):
+        assert value(samples, PERIODIC_LAST, task=every) == last
+        assert value(samples, PERIODIC_LAST, task=minutely) == last_minutely
+        assert value(samples, PERIODIC_NEXT_DUE, task=every) == _after(last, interval)
+        assert value(samples, PERIODIC_NEXT_DUE, task=minutely) == _next_minute(last_minutely)
+
+    def missed(samples: list[Sample], task: str) -> float:
+        got = value(samples, PERIODIC_MISSED, task=task)
+        assert got is not None, f"no missed counter for {task}"
+        return got
+
+    crontab_deadlines = math.floor((second - GRACE) / 60) - math.floor((first - GRACE) / 60)
+    assert crontab_deadlines == 1
+    increase = {task: missed(after, task) - missed(before, task) for task in (every, minutely)}
+    assert increase == {
+        every: round((second - first) / interval),
+        minutely: crontab_deadlines,
+    }, _diagnostics(exp, beat)
+
+
+def test_redbeat_entries_are_watched_as_they_come_and_go(
+    redis_factory: RedisFactory,
+    exporter_factory: ExporterFactory,
+    celery_procs: ProcsFactory,
+) -> None:
+    """A real ``celery beat -S redbeat.RedBeatScheduler`` running tests.beat_schedule_app, and
+    the exporter with ``--app`` and ``--beat-redbeat``. An entry added to RedBeat at run time
+    (every 3 s, a task the app's beat_schedule does not name, saved with redbeat's own
+    RedBeatSchedulerEntry) is watched: its last run is RedBeat's own last_run_at, exactly, and
+    its next due that plus 3 s; deleted from RedBeat, its series go."""
+    if importlib.util.find_spec("redbeat") is None:
+        pytest.fail("celery-redbeat is not installed: scripts/setup.sh test", pytrace=False)
+    from redbeat import RedBeatSchedulerEntry
+
+    dynamic = "tests.periodic.added_at_run_time"
+    server = redis_factory()
+    exp = exporter_factory(
+        server.url,
+        "--app", "tests.beat_schedule_app:app",
+        "--beat-redbeat",
+        "--beat-redbeat-lock-timeout-seconds", str(beat_app.REDBEAT_LOCK_TIMEOUT),
+        "--beat-poll-interval-seconds", "0.5",
+        "--periodic-task-grace-seconds", str(GRACE),
+    )  # fmt: skip
+    procs = celery_procs(server.url)
+    beat = procs.beat(
+        app="tests.beat_schedule_app",
+        extra=["-S", "redbeat.RedBeatScheduler"],
+        env=procs.env(**{beat_app.REDBEAT_ENV: "1"}),
+    )
+    app: Any = sa.make_app(server.url, name="redbeat-entries")
+    app.conf.redbeat_redis_url = server.url
+    try:
+        entry = RedBeatSchedulerEntry("added", dynamic, 3.0, app=app).save()
+        wait_advancing(exp, PERIODIC_LAST, 2, START_SECONDS, beat, task=dynamic)
+        samples: list[Sample] = []
+        recorded: list[float | None] = [None]
+
+        def as_redbeat_recorded() -> bool:
+            nonlocal samples
+            # RedBeat's record read before and after the scrape: a run between them retries.
+            before = RedBeatSchedulerEntry.load_meta(entry.key, app=app)["last_run_at"]
+            samples = scrape(exp.port)
+            after = RedBeatSchedulerEntry.load_meta(entry.key, app=app)["last_run_at"]
+            recorded[0] = before.timestamp() if before == after else None
+            return (
+                recorded[0] is not None
+                and value(samples, PERIODIC_LAST, task=dynamic) == (recorded[0])
+            )
+
+        wait_until(
+            as_redbeat_recorded,
+            10,
+            lambda: (
+                f"last sent is not RedBeat's last_run_at {recorded[0]}; " + _diagnostics(exp, beat)
+            ),
+        )
+        last = recorded[0]
+        assert last is not None
+        assert value(samples, PERIODIC_NEXT_DUE, task=dynamic) == _after(last, 3.0)
+        # The app's own entries are watched beside it.
+        assert value(samples, PERIODIC_NEXT_DUE, task=beat_schedule_app.INTERVAL_TASK) is not None
+
+        entry.delete()
+        wait_until(
+            lambda: value(scrape(exp.port), PERIODIC_NEXT_DUE, task=dynamic) is None,
+            10,
+            "the deleted RedBeat entry is still watched",
+        )
+        samples = scrape(exp.port)
+        assert value(samples, PERIODIC_LAST, task=dynamic) is None
+        assert value(samples, PERIODIC_MISSED, task=dynamic) is None
+    finally:
+        app.close()

@@ -34,7 +34,7 @@ from exporter.pipeline import EventPipeline
 from exporter.poller import Poller
 from exporter.sidecar.pool import PoolSnapshot
 from exporter.sidecar.watcher import WorkerReport
-from exporter.state.beat import BeatReadings, BeatState, RedBeatReading
+from exporter.state.beat import BeatReadings, BeatState, RedBeatReading, periodic_state
 from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueReading, QueueState
 from exporter.state.routing import QueueResolver
@@ -117,6 +117,13 @@ class Exporter:
             sources=[self.source],
             inspector=self.inspector,
             beat=self.beat,
+            periodic=periodic_state(
+                settings.periodic_tasks,
+                {},
+                grace=settings.periodic_task_grace_seconds,
+                started=T0,
+            ),
+            redbeat_entries=None,
             queues=self.queues,
             pollers=self.pollers,
             clock=self.clock,

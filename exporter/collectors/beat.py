@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client.metrics_core import Metric
 
 from exporter.metrics import defs
 from exporter.pipeline import StateView
 from exporter.settings import Settings
-from exporter.state.beat import BeatState
+from exporter.state.beat import BeatState, NextDue, PeriodicState, RedBeatEntry
+
+# Decodes RedBeat's raw (definition, meta) pairs into entries (exporter.schedule, with --app).
+RedBeatReader = Callable[[Sequence[tuple[bytes | None, bytes | None]]], list[RedBeatEntry]]
 
 
 class BeatCollector:
-    """``celery_beat_*`` by source, and ``celery_periodic_task_*`` for configured tasks."""
+    """``celery_beat_*`` by source, and ``celery_periodic_task_*`` for the app's schedule and
+    configured tasks."""
 
     def __init__(
         self,
@@ -21,6 +26,8 @@ class BeatCollector:
         settings: Settings,
         view: StateView,
         beat: BeatState | None,
+        periodic: PeriodicState | None,
+        redbeat_entries: RedBeatReader | None,
         clock: Callable[[], float],
     ) -> None:
         self._heartbeat_task = settings.beat_heartbeat_task or None
@@ -28,7 +35,9 @@ class BeatCollector:
         self._redbeat_enabled = settings.beat_redbeat
         self._lock_timeout = settings.beat_redbeat_lock_timeout_seconds
         self._max_age = settings.beat_max_heartbeat_age_seconds
-        self._periodic = dict(settings.periodic_tasks)
+        self._intervals = dict(settings.periodic_tasks)
+        self._periodic = periodic
+        self._redbeat_entries = redbeat_entries
         self._view = view
         self._beat = beat
         self._clock = clock
@@ -75,12 +84,34 @@ class BeatCollector:
                 due.add_metric([], redbeat.next_due)
             yield ttl
             yield due
-        if self._periodic:
-            last_seen = self._view.last_seen()
-            sent, interval = defs.PERIODIC_LAST_SENT.gauge(), defs.PERIODIC_INTERVAL.gauge()
-            for task, expected in self._periodic.items():
+        if self._periodic is not None:
+            yield from self._periodic_tasks(now)
+
+    def _periodic_tasks(self, now: float) -> Iterable[Metric]:
+        assert self._periodic is not None
+        last_runs = self._view.last_seen()
+        if self._redbeat_entries is not None and self._beat is not None:
+            redbeat = self._beat.read().redbeat
+            schedules: dict[str, list[NextDue]] = {}
+            for entry in self._redbeat_entries(redbeat.entries if redbeat else ()):
+                schedules.setdefault(entry.task, []).append(entry.next_due)
+                # RedBeat records each run itself: no task-sent needed for its entries.
+                if entry.last_run is not None and entry.last_run > last_runs.get(entry.task, 0):
+                    last_runs[entry.task] = entry.last_run
+            self._periodic.update_dynamic(schedules, now)
+        sent, due = defs.PERIODIC_LAST_SENT.gauge(), defs.PERIODIC_NEXT_DUE.gauge()
+        missed = defs.PERIODIC_MISSED.counter()
+        for task, reading in self._periodic.read(last_runs, now).items():
+            if task in last_runs:
+                sent.add_metric([task], last_runs[task])
+            if math.isfinite(reading.next_due):
+                due.add_metric([task], reading.next_due)
+            missed.add_metric([task], reading.missed)
+        yield sent
+        yield due
+        yield missed
+        if self._intervals:
+            interval = defs.PERIODIC_INTERVAL.gauge()
+            for task, expected in self._intervals.items():
                 interval.add_metric([task], expected)
-                if task in last_seen:
-                    sent.add_metric([task], last_seen[task])
-            yield sent
             yield interval

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter.collectors.base import Collector, CollectorResults, Isolated
-from exporter.collectors.beat import BeatCollector
+from exporter.collectors.beat import BeatCollector, RedBeatReader
 from exporter.collectors.exporter import ExporterCollector
 from exporter.collectors.queues import QueueCollector
 from exporter.collectors.sidecar import SidecarCollector
@@ -19,7 +19,7 @@ from exporter.pipeline import StateView
 from exporter.poller import Poller
 from exporter.settings import Settings
 from exporter.sidecar.watcher import SidecarWatcher
-from exporter.state.beat import BeatState
+from exporter.state.beat import BeatState, PeriodicState
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
 
@@ -32,6 +32,8 @@ def build_registry(
     sources: Sequence[SourceStatus],
     inspector: Inspector | None,
     beat: BeatState | None,
+    periodic: PeriodicState | None,
+    redbeat_entries: RedBeatReader | None,
     queues: QueueState | None,
     pollers: Sequence[Poller],
     clock: Callable[[], float],
@@ -81,7 +83,17 @@ def build_registry(
         )
     if settings.collector_beat:
         enabled.append(
-            ("beat", BeatCollector(settings=settings, view=view, beat=beat, clock=clock))
+            (
+                "beat",
+                BeatCollector(
+                    settings=settings,
+                    view=view,
+                    beat=beat,
+                    periodic=periodic,
+                    redbeat_entries=redbeat_entries,
+                    clock=clock,
+                ),
+            )
         )
     enabled.append(
         (

@@ -255,7 +255,19 @@ REDBEAT_NEXT_DUE = MetricDef(
 )  # fmt: skip
 PERIODIC_LAST_SENT = MetricDef(
     "celery_periodic_task_last_sent_timestamp_seconds", "gauge",
-    "Last task-sent (else task-received) of a periodic task named in the config (unix time).",
+    "Last task-sent (else task-received) of a periodic task: one of the app's beat_schedule "
+    "or named in the config; for RedBeat's entries also RedBeat's own last run (unix time).",
+    ("task",),
+)  # fmt: skip
+PERIODIC_NEXT_DUE = MetricDef(
+    "celery_periodic_task_next_due_timestamp_seconds", "gauge",
+    "When a periodic task is due next after its last task-sent (else exporter start-up), by "
+    "its schedule; the earliest of the entries that share the task (unix time).",
+    ("task",),
+)  # fmt: skip
+PERIODIC_MISSED = MetricDef(
+    "celery_periodic_task_missed_total", "counter",
+    "Due times of a periodic task passed by more than the grace with no task-sent since.",
     ("task",),
 )  # fmt: skip
 PERIODIC_INTERVAL = MetricDef(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 from exporter.events.model import (
@@ -146,9 +146,15 @@ class TaskState:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, resolver: QueueResolver, worker_filter: WorkerFilter
+        cls,
+        settings: Settings,
+        *,
+        resolver: QueueResolver,
+        worker_filter: WorkerFilter,
+        watched: Iterable[str] = (),
     ) -> TaskState:
-        """The task state the settings describe; watches Beat's and the periodic tasks."""
+        """The task state the settings describe; watches Beat's and the periodic tasks (those
+        of the config and ``watched``, the app's schedule)."""
         return cls(
             labels=TaskLabels(settings),
             resolver=resolver,
@@ -158,7 +164,7 @@ class TaskState:
             duration_buckets=settings.task_duration_buckets,
             queue_wait_buckets=settings.task_queue_wait_buckets,
             watched=frozenset(
-                [*settings.periodic_tasks, *filter(None, [settings.beat_heartbeat_task])]
+                [*settings.periodic_tasks, *watched, *filter(None, [settings.beat_heartbeat_task])]
             ),
             worker_filter=worker_filter,
             worker_retention=settings.worker_retention_seconds,

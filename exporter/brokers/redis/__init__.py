@@ -61,4 +61,6 @@ def beat_probe(settings: Settings, state: BeatState) -> Probe:
         redbeat_prefix=settings.beat_redbeat_key_prefix if settings.beat_redbeat else None,
         redbeat_lock_key=settings.beat_redbeat_lock_key
         or f"{settings.beat_redbeat_key_prefix}:lock",
+        # Its entries are decoded with the app's timezone (exporter.schedule).
+        redbeat_entries=settings.beat_redbeat and settings.app is not None,
     )

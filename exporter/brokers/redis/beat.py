@@ -14,7 +14,8 @@ NO_KEY = -2
 
 
 class RedisBeatProbe:
-    """One GET, and for RedBeat one PTTL and one ZRANGE, in a single pipelined round trip."""
+    """One GET, and for RedBeat one PTTL and one ZRANGE, in a single pipelined round trip; when
+    RedBeat's entries are watched, a second one reads each entry's definition and meta."""
 
     def __init__(
         self,
@@ -27,6 +28,7 @@ class RedisBeatProbe:
         heartbeat_format: str,
         redbeat_prefix: str | None,
         redbeat_lock_key: str | None,
+        redbeat_entries: bool = False,
     ) -> None:
         options = {"socket_timeout": timeout, **transport_options}
         self._conn = kombu.Connection(url, transport_options=options, connect_timeout=timeout)
@@ -35,6 +37,7 @@ class RedisBeatProbe:
         self._heartbeat_format = heartbeat_format
         self._redbeat_prefix = redbeat_prefix
         self._redbeat_lock_key = redbeat_lock_key
+        self._redbeat_entries = redbeat_entries
         self._client: Any = None
         self._key_prefix = ""
 
@@ -60,7 +63,8 @@ class RedisBeatProbe:
         if self._redbeat_prefix is not None:
             # RedBeat uses its own client: its keys never carry kombu's global prefix.
             pipe.pttl(self._redbeat_lock_key)
-            pipe.zrange(f"{self._redbeat_prefix}:schedule", 0, 0, withscores=True)
+            last = -1 if self._redbeat_entries else 0
+            pipe.zrange(f"{self._redbeat_prefix}:schedule", 0, last, withscores=True)
         results = list(pipe.execute())
         heartbeat = None
         if self._heartbeat_key:
@@ -71,8 +75,16 @@ class RedisBeatProbe:
             # PTTL: -2 no such key (nobody holds the lock), -1 held without expiry.
             lock_ttl = None if pttl == NO_KEY else math.inf if pttl < 0 else pttl / 1000.0
             next_due = float(first[0][1]) if first else None
-            redbeat = RedBeatReading(lock_ttl, next_due)
+            entries = self._read_entries([key for key, _ in first]) if self._redbeat_entries else ()
+            redbeat = RedBeatReading(lock_ttl, next_due, entries)
         return BeatReadings(heartbeat, redbeat)
+
+    def _read_entries(self, keys: list[bytes]) -> tuple[tuple[bytes | None, bytes | None], ...]:
+        """Each scheduled entry's (definition, meta), from the hash RedBeat keeps per entry."""
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "definition", "meta")
+        return tuple((definition, meta) for definition, meta in pipe.execute())
 
     def close(self) -> None:
         self._conn.release()
