@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import signal
 import socket
 import time
@@ -262,8 +263,11 @@ class Daemon:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
+            status = self.source.status
             try:
-                self.pipeline.sweep()
+                self.pipeline.sweep(
+                    stream_since=status.connected_at if status.connected else math.inf
+                )
             except Exception:  # supervision boundary: upkeep must go on
                 log.exception("state upkeep failed")
 

@@ -16,8 +16,6 @@ from typing import NamedTuple
 from exporter.events.decode import decode_body, decode_redis_message
 from exporter.events.model import (
     WORKER_HEARTBEAT,
-    WORKER_OFFLINE,
-    WORKER_ONLINE,
     Decoded,
     Dropped,
     DropReason,
@@ -147,16 +145,14 @@ class EventPipeline:
             return
         # A sign of life keeps its task series, also of a worker the worker state cannot hold.
         self.tasks.labels.worker.touch(event.hostname, now)
+        if self.workers.restarted(event):
+            # A new main process under this name: what the old one ran is lost.
+            self.tasks.end_running(event.hostname, started_before=event.timestamp, orphaned=True)
         if self.workers.apply(event, now):
             new_workers.append(event.hostname)
         if event.type == WORKER_HEARTBEAT and event.active == 0:
             # Nothing runs there: a task still listed as running lost its final event.
             self.tasks.end_running(event.hostname, started_before=event.timestamp)
-        elif event.type == WORKER_OFFLINE:
-            self.tasks.end_running(event.hostname, orphaned=True)
-        elif event.type == WORKER_ONLINE:
-            # A worker (re)started under this name: what ran there before is lost.
-            self.tasks.end_running(event.hostname, started_before=event.timestamp, orphaned=True)
 
     def _drop(self, dropped: Dropped) -> None:
         reason = dropped.reason.value
@@ -175,15 +171,18 @@ class EventPipeline:
         with self.lock:
             self._drop(Dropped(DropReason.MALFORMED_ENVELOPE, detail))
 
-    def sweep(self) -> None:
-        """Periodic upkeep: release overdue held events, expire idle ids, retire workers and
-        the task series of workers and queues gone."""
+    def sweep(self, stream_since: float = -math.inf) -> None:
+        """Periodic upkeep: release overdue held events, expire idle ids, orphan the tasks of
+        workers lost, retire workers and the task series of workers and queues gone.
+
+        ``stream_since``: since when the event stream has run without a break (``inf`` while
+        it is down); only heartbeats missed within it say a worker is lost."""
         now = self._clock()
         with self.lock:
             self.tasks.sweep(now)
             gone = self.workers.sweep(now)
             for hostname in self.tasks.running_on():
-                if hostname in gone or self.workers.down(hostname, now):
+                if hostname in gone or self.workers.lost(hostname, now, stream_since):
                     self.tasks.end_running(hostname, orphaned=True)
             self.tasks.expire_labels(now, self.workers.knows)
         if self._on_worker_gone is not None:

@@ -300,6 +300,12 @@ class Settings:
         gt=1,
         description="A worker is down after this many of its own heartbeat intervals without one.",
     )
+    worker_shutdown_grace_seconds: float = option(
+        default=300.0,
+        ge=0,
+        description="Tasks still running this long after their worker's worker-offline are "
+        "counted as orphaned (a warm shutdown sends it first, then lets running tasks finish).",
+    )
     worker_retention_seconds: float = option(
         default=3600.0,
         ge=0,

@@ -153,15 +153,15 @@ UUID = "8b1f3c6e-0000-4000-8000-000000000001"
         ),
         (
             worker_fields("worker-online"),
-            WorkerEvent("worker-online", HOST, TS, 2.0, 1, 10, 0.5),
+            WorkerEvent("worker-online", HOST, TS, 2.0, 1, 10, 0.5, 4242),
         ),
         (
             worker_fields("worker-heartbeat", active=0, processed=0, loadavg=[1, 2, 3]),
-            WorkerEvent("worker-heartbeat", HOST, TS, 2.0, 0, 0, 1.0),
+            WorkerEvent("worker-heartbeat", HOST, TS, 2.0, 0, 0, 1.0, 4242),
         ),
         (
             worker_fields("worker-offline"),
-            WorkerEvent("worker-offline", HOST, TS, 2.0, 1, 10, 0.5),
+            WorkerEvent("worker-offline", HOST, TS, 2.0, 1, 10, 0.5, 4242),
         ),
     ],
 )
@@ -271,7 +271,7 @@ def test_decode_body_msgpack_is_accepted() -> None:
     packed = msgpack.packb(payload)
     expected: list[Decoded] = [
         TaskEvent("task-received", UUID, HOST, TS, "app.add"),
-        WorkerEvent("worker-heartbeat", HOST, TS, 2.0, 1, 10, 0.5),
+        WorkerEvent("worker-heartbeat", HOST, TS, 2.0, 1, 10, 0.5, 4242),
     ]
     assert decode_body(packed, MSGPACK, LIMIT) == expected
     raw = kombu_envelope(None, routing_key="task.multi", content_type=MSGPACK, body=packed)
@@ -596,7 +596,7 @@ def test_wrong_typed_worker_optionals_become_none(
     extra: dict[str, Any], expected: WorkerEvent
 ) -> None:
     """Optional worker fields of the wrong type or range are ignored (None), the event is kept."""
-    assert parse_event(worker_fields("worker-heartbeat", **extra)) == expected
+    assert parse_event(worker_fields("worker-heartbeat", **extra)) == expected._replace(pid=4242)
 
 
 def test_on_demand_heartbeat_has_no_counters() -> None:

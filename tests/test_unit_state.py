@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -622,8 +623,8 @@ def test_idle_heartbeat_clears_stale_running_tasks() -> None:
 
 
 def test_worker_removed_after_retention_forgets_its_running_tasks_and_queues() -> None:
-    """A worker that goes offline orphans its running tasks at once; past retention it takes
-    its learned queues with it."""
+    """A task still running on a worker that went offline is orphaned once the worker is gone
+    (past retention, here sooner than the shutdown grace); its learned queues go with it."""
     h = Harness(worker_retention_seconds=60)
     h.resolver.set_worker_queues({W1: ("q",), W2: ("q",)})
     h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0)])
@@ -631,13 +632,14 @@ def test_worker_removed_after_retention_forgets_its_running_tasks_and_queues() -
     h.task("received", "a", T0, name=ADD)
     h.task("started", "a", T0 + 1)
     h.clock.now = T0 + 10
-    assert len(h.snap().running) == 1
     h.pipeline.apply([WorkerEvent("worker-offline", W1, T0 + 10, 2.0, 1, 0, 0.0)])
     h.pipeline.apply([WorkerEvent("worker-heartbeat", W2, T0 + 10, 2.0, 0, 0, 0.0)])
-    assert h.snap().running == []
-    assert h.snap().orphaned == {(ADD, "q"): 1}
+    h.clock.now = T0 + 70
+    h.pipeline.sweep()
+    assert len(h.snap().running) == 1
     h.clock.now = T0 + 70.001
     h.pipeline.sweep()
+    assert h.snap().running == []
     assert h.snap().orphaned == {(ADD, "q"): 1}
     # W2 is down since its heartbeat expired at T0 + 16: it stays until T0 + 76.
     assert h.resolver.worker_queues == {W2: ("q",)}
@@ -929,8 +931,9 @@ def test_retries_that_recover_and_retries_that_run_out() -> None:
 
 
 def test_tasks_of_a_worker_whose_heartbeats_stop_are_orphaned_once() -> None:
-    """A worker killed mid-task sends nothing more: once its heartbeats are overdue its running
-    tasks are orphaned, exactly once, and no longer running; another worker's stay."""
+    """A worker killed mid-task sends nothing more: once its heartbeats are overdue while the
+    event stream runs, its running tasks are orphaned, exactly once, and no longer running;
+    another worker's stay. Heartbeats missed while the stream was down say nothing."""
     h = Harness(worker_timeout_heartbeats=3)
     h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0)])
     h.pipeline.apply([WorkerEvent("worker-online", W2, T0, 2.0, 0, 0, 0.0)])
@@ -943,8 +946,11 @@ def test_tasks_of_a_worker_whose_heartbeats_stop_are_orphaned_once() -> None:
     assert len(h.snap().running) == 3  # W1 is not overdue yet (down at T0 + 6)
     h.clock.now = T0 + 6
     h.pipeline.apply([WorkerEvent("worker-heartbeat", W2, T0 + 6, 2.0, 1, 0, 0.0)])
-    h.pipeline.sweep()
-    h.pipeline.sweep()
+    h.pipeline.sweep(stream_since=math.inf)  # the stream is down: nothing is judged
+    h.pipeline.sweep(stream_since=T0 + 6.5)  # it came back after W1's deadline
+    assert len(h.snap().running) == 3
+    h.pipeline.sweep(stream_since=T0 + 1)
+    h.pipeline.sweep(stream_since=T0 + 1)
     snap = h.snap()
     assert snap.orphaned == {(ADD, "unknown"): 2}
     assert [task.hostname for task in snap.running] == [W2]
@@ -958,10 +964,62 @@ def test_tasks_of_a_worker_whose_heartbeats_stop_are_orphaned_once() -> None:
     assert snap.orphaned == {(ADD, "unknown"): 2}
 
 
-def test_a_worker_restarted_under_its_name_orphans_what_ran_there() -> None:
+def test_a_warm_shutdown_orphans_only_what_outlives_the_grace() -> None:
+    """Celery sends worker-offline before its pool drains: tasks that then end are not
+    orphaned; one still running past --worker-shutdown-grace-seconds is."""
+    h = Harness(worker_shutdown_grace_seconds=30)
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0)])
+    for uuid in ("a", "b"):
+        h.task("received", uuid, T0, name=ADD, retries=0)
+        h.task("started", uuid, T0)
+    h.clock.now = T0 + 10
+    h.pipeline.apply([WorkerEvent("worker-offline", W1, T0 + 10, 2.0, 2, 0, 0.0)])
+    h.task("succeeded", "a", T0 + 12, runtime=12.0)
+    h.clock.now = T0 + 40
+    h.pipeline.sweep(stream_since=T0)
+    assert len(h.snap().running) == 1
+    h.clock.now = T0 + 40.001
+    h.pipeline.sweep(stream_since=T0)
+    assert h.snap().orphaned == {(ADD, "unknown"): 1}
+    assert h.snap().running == []
+
+
+def test_a_consumer_restart_orphans_nothing() -> None:
+    """On a broker blip Celery restarts its consumer: worker-offline then worker-online from
+    the same process, while pool tasks keep running."""
+    h = Harness()
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0, 100)])
+    h.task("received", "a", T0, name=ADD, retries=0)
+    h.task("started", "a", T0)
+    h.pipeline.apply([WorkerEvent("worker-offline", W1, T0 + 5, 2.0, 1, 0, 0.0, 100)])
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0 + 8, 2.0, 1, 0, 0.0, 100)])
+    h.task("succeeded", "a", T0 + 9, runtime=9.0)
+    assert h.snap().orphaned == {}
+    assert h.snap().succeeded == {(ADD, "unknown", W1): 1}
+
+
+def test_a_handed_out_again_running_task_ends_its_first_run() -> None:
+    """RabbitMQ requeues a dead consumer's messages at once: the second worker's received
+    comes before the first is seen lost. The first run ends there (redelivered, not
+    orphaned) and the second one's success leaves nothing running."""
     h = Harness()
     h.task("received", "a", T0, name=ADD, retries=0)
     h.task("started", "a", T0)
-    h.pipeline.apply([WorkerEvent("worker-online", W1, T0 + 30, 2.0, 0, 0, 0.0)])
+    h.task("received", "a", T0 + 1, host=W2, name=ADD, retries=0)
+    h.task("started", "a", T0 + 1, host=W2)
+    h.task("succeeded", "a", T0 + 2, host=W2, runtime=1.0)
+    snap = h.snap()
+    assert snap.redelivered == {(ADD, "unknown"): 1}
+    assert snap.running == []
+    assert snap.orphaned == {}
+
+
+def test_a_worker_restarted_under_its_name_orphans_what_ran_there() -> None:
+    """A new main process (pid) under the same nodename: the old one's tasks are lost."""
+    h = Harness()
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0, 100)])
+    h.task("received", "a", T0, name=ADD, retries=0)
+    h.task("started", "a", T0)
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0 + 30, 2.0, 0, 0, 0.0, 200)])
     assert h.snap().orphaned == {(ADD, "unknown"): 1}
     assert h.snap().running == []

@@ -177,5 +177,6 @@ def parse_event(obj: Any) -> Decoded:
             _count(obj.get("active")),
             _count(obj.get("processed")),
             load1,
+            _count(obj.get("pid")),
         )
     return OtherEvent(etype if etype in KNOWN_TYPES else OTHER_TYPE)

@@ -64,6 +64,7 @@ class WorkerEvent(NamedTuple):
     active: int | None = None
     processed: int | None = None
     load1: float | None = None
+    pid: int | None = None  # the worker's main process: a new one means it restarted
 
 
 class OtherEvent(NamedTuple):

@@ -17,6 +17,7 @@ class SourceStatus:
     def __init__(self, name: str) -> None:
         self.name = name
         self.connected = False
+        self.connected_at = 0.0  # unix time of the latest (re)connection
         self.reconnects = 0
         self.buffered_bytes = 0
         self.disconnects: dict[str, int] = {}  # by reason; written by the source thread only
@@ -33,6 +34,7 @@ class SourceStatus:
             log.info("%s source connected to %s", self.name, where)
         self._ever_connected = True
         self._lost_at = None
+        self.connected_at = time.time()
         self.connected = True
 
     def disconnected(self, reason: str) -> None:

@@ -81,8 +81,10 @@ TASK_REDELIVERED = MetricDef(
 )  # fmt: skip
 TASK_ORPHANED = MetricDef(
     "celery_task_orphaned_total", "counter",
-    "Tasks running on a worker that went down (worker-offline, heartbeats missed, or a restart "
-    "under the same name) before they ended; they no longer count as running.",
+    "Tasks running on a worker that went down before they ended: its heartbeats stopped while "
+    "the event stream ran, it restarted (a new pid under the same name), or it was still "
+    "running them --worker-shutdown-grace-seconds after worker-offline. They no longer count "
+    "as running.",
     ("task", "queue"),
 )  # fmt: skip
 TASK_RECOVERED = MetricDef(

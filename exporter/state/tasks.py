@@ -39,7 +39,7 @@ SENT_MEMORY = 600.0
 
 
 class Stage(enum.Enum):
-    """Where a task id stands, by the latest event counted for it."""
+    """Where a task id stands: held back, or as of the latest event counted for it."""
 
     HELD = enum.auto()  # events wait for the name or the queue (``pending``); nothing counted
     WAITING = enum.auto()  # named; no attempt started yet
@@ -332,6 +332,12 @@ class TaskState:
             # It had started: the attempt waits in the queue again, from now.
             record.next_attempt = attempt
             self._attempts(record)[attempt] = (event.timestamp, parse_eta(event.eta), False)
+            if record.stage is Stage.RUNNING:
+                # Handed out again before its worker was seen lost (RabbitMQ requeues a dead
+                # consumer's messages at once): that run is over, uncounted as orphaned.
+                record.ends = record.starts
+                record.started_at = None
+                self.accounts.end(event.uuid)
         return True
 
     def _on_started(self, record: _Record, event: TaskEvent, key: Key3, now: float) -> None:

@@ -17,7 +17,7 @@ DEFAULT_FREQ = 2.0
 
 
 class _Worker:
-    __slots__ = ("active", "freq", "last_heartbeat", "load1", "offline_at", "processed")
+    __slots__ = ("active", "freq", "last_heartbeat", "load1", "offline_at", "pid", "processed")
 
     def __init__(self) -> None:
         self.freq = DEFAULT_FREQ
@@ -26,6 +26,7 @@ class _Worker:
         self.processed: int | None = None
         self.load1: float | None = None
         self.offline_at: float | None = None
+        self.pid: int | None = None
 
 
 class WorkerSnapshot(NamedTuple):
@@ -41,8 +42,16 @@ class WorkerSnapshot(NamedTuple):
 class WorkerState:
     """Applies worker events; not thread-safe on its own (the pipeline holds the lock)."""
 
-    def __init__(self, *, timeout_heartbeats: float, retention: float, max_workers: int) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_heartbeats: float,
+        retention: float,
+        max_workers: int,
+        shutdown_grace: float = 300.0,
+    ) -> None:
         self._timeout = timeout_heartbeats
+        self._shutdown_grace = shutdown_grace
         self._retention = retention
         self._max_workers = max_workers
         self._workers: dict[str, _Worker] = {}
@@ -54,10 +63,13 @@ class WorkerState:
             timeout_heartbeats=settings.worker_timeout_heartbeats,
             retention=settings.worker_retention_seconds,
             max_workers=settings.max_workers,
+            shutdown_grace=settings.worker_shutdown_grace_seconds,
         )
 
     def apply(self, event: WorkerEvent, now: float) -> bool:
-        """Account for one worker event; True when it names a worker not known before."""
+        """Account for one worker event; True when it names a worker not known before.
+
+        A new pid under a known name (a restart) is recorded; ``restarted`` tells it."""
         worker = self._workers.get(event.hostname)
         is_new = worker is None
         if worker is None:
@@ -74,6 +86,8 @@ class WorkerState:
             worker.active = event.active
             worker.processed = event.processed
             worker.load1 = event.load1
+        if event.pid is not None:
+            worker.pid = event.pid
         if event.type == WORKER_OFFLINE:
             worker.offline_at = now
         else:
@@ -101,10 +115,27 @@ class WorkerState:
         """Whether the worker is alive or still retained."""
         return hostname in self._workers
 
-    def down(self, hostname: str, now: float) -> bool:
-        """Whether the worker is known and down: offline, or its heartbeats overdue."""
+    def restarted(self, event: WorkerEvent) -> bool:
+        """Whether ``event`` comes from another main process than the worker's last events."""
+        worker = self._workers.get(event.hostname)
+        return (
+            worker is not None
+            and event.pid is not None
+            and worker.pid is not None
+            and event.pid != worker.pid
+        )
+
+    def lost(self, hostname: str, now: float, stream_since: float) -> bool:
+        """Whether what the worker runs is lost: its heartbeats stopped while the event stream
+        ran (since ``stream_since``), or it went offline more than the shutdown grace ago (a
+        warm shutdown sends worker-offline first, then lets running tasks finish)."""
         worker = self._workers.get(hostname)
-        return worker is not None and now >= self._down_since(worker)
+        if worker is None:
+            return False
+        if worker.offline_at is not None:
+            return now - worker.offline_at > self._shutdown_grace
+        deadline = worker.last_heartbeat + worker.freq * self._timeout
+        return stream_since <= deadline <= now
 
     def live_count(self, now: float) -> int:
         return sum(1 for worker in self._workers.values() if now < self._down_since(worker))
