@@ -24,6 +24,8 @@ from tests.helpers import (
     Expected,
     http_get,
     publish_successes,
+    scrape,
+    value,
     wait_for_metrics,
     wait_until,
 )
@@ -86,6 +88,31 @@ def test_rediss_events_are_counted_exactly(
     publish_successes(rediss_server.url, TASKS, task=sa.OK, queue=sa.QUEUE_A)
     check_counted(exporter, TASKS)
     check_clean_shutdown(exporter)
+
+
+def test_rediss_idle_subscriber_killed_is_a_plain_close(
+    rediss_server: RedisServer, exporter_factory: ExporterFactory
+) -> None:
+    """Over TLS, a subscriber idle for seconds and then killed by the server is counted as a
+    plain close (not a slow consumer: the reader took its turns while idle), reconnected, and
+    counts exactly what follows."""
+    exporter = exporter_factory(rediss_server.url)
+    client = redis.Redis.from_url(rediss_server.url)
+    time.sleep(3)  # idle: longer than the reader's stall threshold (4 poll timeouts)
+    assert client.client_kill_filter(_type="pubsub") == 1
+    wait_until(
+        lambda: value(scrape(exporter.port), "celery_exporter_source_reconnects_total") == 1,
+        SETTLE_SECONDS,
+        lambda: f"no reconnect; stderr:\n{exporter.stderr()}",
+    )
+    samples = scrape(exporter.port)
+    assert value(samples, "celery_exporter_source_disconnects_total", reason="closed") == 1
+    assert (
+        value(samples, "celery_exporter_source_disconnects_total", reason="slow_consumer") is None
+    )
+    client.close()
+    publish_successes(rediss_server.url, TASKS, task=sa.OK, queue=sa.QUEUE_A)
+    check_counted(exporter, TASKS)
 
 
 @pytest.mark.redis
