@@ -117,7 +117,7 @@ class _Validated(BaseSettings):
     def _parse_json_objects(cls, value: Any) -> Any:
         return _json_object(value)
 
-    @field_validator("worker_label_regex", "worker_filter", check_fields=False)
+    @field_validator("worker_label_regex", check_fields=False)
     @classmethod
     def _check_regex(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
@@ -212,8 +212,6 @@ def check_combinations(settings: Settings) -> None:
         if path is not None and not path.is_file():
             raise InvalidCombination(f"{name} {path} is not a readable file")
     _check_web(settings)
-    if settings.worker_filter and settings.worker_filter_hostname:
-        raise InvalidCombination("worker_filter and worker_filter_hostname exclude each other")
     if settings.sidecar_workers and not settings.sidecar:
         raise InvalidCombination("sidecar_workers needs sidecar")
     if settings.worker_label is WorkerLabel.GROUP and not settings.worker_label_regex:

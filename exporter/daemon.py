@@ -28,7 +28,6 @@ from exporter.settings import Settings
 from exporter.sidecar.procfs import ProcReader
 from exporter.sidecar.watcher import SidecarWatcher
 from exporter.state.beat import BeatState, PeriodicState, periodic_state
-from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueState
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
@@ -78,11 +77,9 @@ class Daemon:
 
             self.redbeat_entries = RedBeatEntries(app, str(settings.app)).read
         self.periodic = self._periodic_state(app)
-        worker_filter = WorkerFilter(settings.worker_pattern())
         tasks = TaskState.from_settings(
             settings,
             resolver=self.resolver,
-            worker_filter=worker_filter,
             watched=self.periodic.tasks if self.periodic is not None else (),
         )
         workers = WorkerState.from_settings(settings)
@@ -97,7 +94,6 @@ class Daemon:
                 resolver=self.resolver,
                 live_workers=self._live_workers,
                 stats=InspectStats(),
-                own_workers=self._known_workers if worker_filter.active else None,
             )
         self.pipeline = EventPipeline(
             tasks=tasks,
@@ -106,7 +102,6 @@ class Daemon:
             max_event_bytes=settings.max_event_bytes,
             on_new_worker=self.inspector.worker_appeared if self.inspector else None,
             on_worker_gone=self._worker_gone,
-            worker_filter=worker_filter,
         )
         self.view = self.pipeline.view
         self.source: EventSource = brokers.event_source(settings, self.pipeline)
@@ -205,9 +200,6 @@ class Daemon:
             self.inspector.forget_worker(hostname)
 
     # The inspector is built before the pipeline (it hears of new workers from it).
-    def _known_workers(self) -> list[str]:
-        return self.view.known_workers()
-
     def _live_workers(self) -> int:
         return self.view.live_workers()
 

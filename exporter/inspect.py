@@ -121,7 +121,6 @@ class Inspector:
         resolver: QueueResolver,
         live_workers: Callable[[], int],
         stats: InspectStats,
-        own_workers: Callable[[], list[str]] | None = None,
     ) -> None:
         self._broker_url = broker_url
         self._transport_options = transport_options
@@ -131,7 +130,6 @@ class Inspector:
         self._live_workers = live_workers
         # Sidecar mode: ask only the workers this exporter speaks for, never broadcast to all
         # (N sidecars broadcasting would cost N * workers replies per interval).
-        self._own_workers = own_workers
         self.stats = stats
         self._new: set[str] = set()
         self._new_lock = threading.Lock()
@@ -177,10 +175,6 @@ class Inspector:
             stopper.cancel()
 
     def _inspect(self, destination: list[str] | None) -> None:
-        if destination is None and self._own_workers is not None:
-            destination = self._own_workers() or None
-            if destination is None:
-                return
         limit = len(destination) if destination else self._live_workers()
         if limit == 0:
             return

@@ -23,7 +23,6 @@ from exporter.events.model import (
     WorkerEvent,
 )
 from exporter.state.accounts import TaskSnapshot
-from exporter.state.labels import WorkerFilter
 from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerSnapshot, WorkerState
 
@@ -59,7 +58,6 @@ class EventPipeline:
         max_event_bytes: int,
         on_new_worker: Callable[[str], None] | None = None,
         on_worker_gone: Callable[[str], None] | None = None,
-        worker_filter: WorkerFilter | None = None,
     ) -> None:
         self.tasks = tasks
         self.workers = workers
@@ -67,7 +65,6 @@ class EventPipeline:
         self._max_event_bytes = max_event_bytes
         self._on_new_worker = on_new_worker
         self._on_worker_gone = on_worker_gone
-        self._worker_filter = worker_filter or WorkerFilter(None)
         self.lock = threading.Lock()
         self._events: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
@@ -141,8 +138,6 @@ class EventPipeline:
                 self._on_new_worker(hostname)
 
     def _apply_worker(self, event: WorkerEvent, now: float, new_workers: list[str]) -> None:
-        if not self._worker_filter(event.hostname):
-            return
         # A sign of life keeps its task series, also of a worker the worker state cannot hold.
         self.tasks.labels.worker.touch(event.hostname, now)
         if self.workers.restarted(event):
@@ -220,11 +215,6 @@ class StateView:
         now = self._clock()
         with self._lock:
             return now, self._workers.snapshot(now)
-
-    def known_workers(self) -> list[str]:
-        """Workers up now."""
-        _, workers = self.workers()
-        return [worker.hostname for worker in workers if worker.up]
 
     def live_workers(self) -> int:
         now = self._clock()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
-import socket
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -258,17 +256,6 @@ class Settings:
         default=300.0, gt=0, description="SLA of tasks not named in task_sla_seconds."
     )
 
-    # --- sidecar mode ---
-    worker_filter: str | None = option(
-        default=None,
-        description="Sidecar mode: export task and worker series only of workers whose nodename "
-        "matches this regex; task-sent (producers) is then not counted.",
-    )
-    worker_filter_hostname: bool = option(
-        default=False,
-        description="Sidecar mode with worker_filter '@<this host's name>$' (the pod's name).",
-    )
-
     # --- worker sidecar ---
     sidecar: bool = option(
         default=False,
@@ -468,12 +455,6 @@ class Settings:
         if self.web_auth_bearer_token_file is None:
             return None
         return self.web_auth_bearer_token_file.read_text(encoding="utf-8").strip() or None
-
-    def worker_pattern(self) -> str | None:
-        """The sidecar filter on worker nodenames, if any."""
-        if self.worker_filter_hostname:
-            return f"@{re.escape(socket.gethostname())}$"
-        return self.worker_filter
 
     def beat_redis_sources(self) -> bool:
         """Whether a Redis Beat source (heartbeat key or RedBeat) is configured."""

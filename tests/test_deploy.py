@@ -191,11 +191,6 @@ class Exporter:
             return collector == "workers"
         return bool(self.options.get(f"collector_{collector}", True))
 
-    @property
-    def filtered(self) -> bool:
-        return self.sidecar or bool(
-            self.options.get("worker_filter") or self.options.get("worker_filter_hostname")
-        )
 
     @property
     def singleton(self) -> bool:
@@ -445,7 +440,7 @@ def test_each_series_comes_from_exactly_one_exporter(rendered: dict[str, list[Do
             assert owners[0].singleton, f"{render}: {owners[0].name} must be one replica"
         for collector in ("tasks", "workers"):
             owners = [e for e in found if e.enabled(collector)]
-            unfiltered = [e for e in owners if not e.filtered]
+            unfiltered = [e for e in owners if not e.sidecar]
             assert owners, f"{render}: nobody exports {collector}"
             if unfiltered:
                 assert owners == unfiltered == [unfiltered[0]], render
@@ -459,7 +454,7 @@ def test_standalone_task_series_are_per_deployment_not_per_pod(
     generated name would mint a new worker value with every rollout."""
     checked = 0
     for exporter in exporters(rendered):
-        if exporter.filtered or not exporter.enabled("tasks"):
+        if exporter.sidecar or not exporter.enabled("tasks"):
             continue
         settings = load_settings(
             {k: v for k, v in exporter.options.items() if k.startswith("worker_label")}

@@ -16,7 +16,6 @@ from exporter.events.decode import decode_body, decode_redis_message
 from exporter.events.model import Dropped, OtherEvent, TaskEvent, WorkerEvent
 from exporter.pipeline import EventPipeline
 from exporter.settings import Settings
-from exporter.state.labels import WorkerFilter
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
@@ -84,9 +83,7 @@ envelopes = st.one_of(
 def _pipeline() -> EventPipeline:
     config = Settings(task_state_max_tasks=1000, max_workers=10)
     return EventPipeline(
-        tasks=TaskState.from_settings(
-            config, resolver=QueueResolver(), worker_filter=WorkerFilter(None)
-        ),
+        tasks=TaskState.from_settings(config, resolver=QueueResolver()),
         workers=WorkerState.from_settings(config),
         clock=time.time,
         max_event_bytes=MAX_BYTES,

@@ -35,7 +35,6 @@ from exporter.poller import Poller
 from exporter.sidecar.pool import PoolSnapshot
 from exporter.sidecar.watcher import WorkerReport
 from exporter.state.beat import BeatReadings, BeatState, RedBeatReading, periodic_state
-from exporter.state.labels import WorkerFilter
 from exporter.state.queues import QueueReading, QueueState
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
@@ -68,9 +67,7 @@ class Exporter:
         self.settings = settings = load_settings(values)
         self.clock = Clock(T0)
         self.resolver = QueueResolver()
-        tasks = TaskState.from_settings(
-            settings, resolver=self.resolver, worker_filter=WorkerFilter(None)
-        )
+        tasks = TaskState.from_settings(settings, resolver=self.resolver)
         workers = WorkerState.from_settings(settings)
         self.inspector: Inspector | None = None
         if inspector:

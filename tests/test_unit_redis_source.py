@@ -18,7 +18,6 @@ from exporter.brokers.redis import events as redis_source
 from exporter.brokers.redis.events import RedisSession
 from exporter.config import load_settings
 from exporter.pipeline import EventPipeline
-from exporter.state.labels import WorkerFilter
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
@@ -57,9 +56,7 @@ def _session(url: str, **options: Any) -> tuple[RedisSession, EventPipeline]:
     values: dict[str, Any] = {"broker_url": url, **options}
     settings = load_settings(values)
     pipeline = EventPipeline(
-        tasks=TaskState.from_settings(
-            settings, resolver=QueueResolver(), worker_filter=WorkerFilter(None)
-        ),
+        tasks=TaskState.from_settings(settings, resolver=QueueResolver()),
         workers=WorkerState.from_settings(settings),
         clock=time.time,
         max_event_bytes=settings.max_event_bytes,

@@ -13,7 +13,7 @@ from exporter.config import load_settings
 from exporter.events.model import TaskEvent, WorkerEvent
 from exporter.pipeline import EventPipeline
 from exporter.state.accounts import HistogramSnapshot, RunningTask, TaskSnapshot
-from exporter.state.labels import WorkerFilter, exception_class
+from exporter.state.labels import exception_class
 from exporter.state.routing import QueueResolver
 from exporter.state.tasks import TaskState
 from exporter.state.workers import WorkerState
@@ -43,10 +43,7 @@ class Harness:
         settings = load_settings(values)
         self.clock = Clock(T0)
         self.resolver = QueueResolver()
-        worker_filter = WorkerFilter(settings.worker_pattern())
-        self.tasks = TaskState.from_settings(
-            settings, resolver=self.resolver, worker_filter=worker_filter
-        )
+        self.tasks = TaskState.from_settings(settings, resolver=self.resolver)
         self.workers = WorkerState.from_settings(settings)
         self.pipeline = EventPipeline(
             tasks=self.tasks,
@@ -54,7 +51,6 @@ class Harness:
             clock=self.clock,
             max_event_bytes=settings.max_event_bytes,
             on_worker_gone=self.resolver.forget_worker,
-            worker_filter=worker_filter,
         )
 
     def task(self, etype: str, uuid: str, ts: float, host: str = W1, **fields: Any) -> None:
@@ -647,28 +643,6 @@ def test_worker_removed_after_retention_forgets_its_running_tasks_and_queues() -
 
 
 # --- sidecar mode ---
-
-
-def test_worker_filter_counts_only_matching_workers_and_no_task_sent() -> None:
-    """With a worker filter, other workers' tasks and worker events are left out, task-sent is
-    not counted, yet task-sent still names the queue of the matching worker's tasks."""
-    h = Harness(worker_filter="@worker-1$")
-    for uuid, host in (("a", W1), ("b", W2)):
-        h.task("sent", uuid, T0, host="gen1@producer", name=ADD, queue="default")
-        h.task("received", uuid, T0 + 1, host=host, name=ADD)
-        h.task("started", uuid, T0 + 2, host=host)
-        h.task("succeeded", uuid, T0 + 3, host=host, runtime=1.0)
-    for host in (W1, W2):
-        h.pipeline.apply([WorkerEvent("worker-heartbeat", host, T0, 2.0, 0, 1, 0.5)])
-    snap = h.snap()
-    assert snap.sent == {}
-    assert snap.received == {(ADD, "default", W1): 1}
-    assert snap.started == {(ADD, "default", W1): 1}
-    assert snap.succeeded == {(ADD, "default", W1): 1}
-    assert [w.hostname for w in h.pipeline.view.workers()[1]] == [W1]
-
-
-# --- churn: worker and queue values leave again ---
 
 
 def _pod(h: Harness, number: int, at: float, *, tasks: int = 5, queue: str = "celery") -> str:

@@ -14,7 +14,6 @@ OVERFLOW = "other"
 UNKNOWN = "unknown"
 _SHARED = frozenset({OVERFLOW, UNKNOWN})  # values that take no slot of a limit
 
-_WORKER_CACHE_SIZE = 10_000
 _EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)")
 
 
@@ -68,25 +67,6 @@ def worker_label_function(settings: Settings) -> Callable[[str], str]:
         return (match.group(group) or nodename) if match else nodename
 
     return by_group
-
-
-class WorkerFilter:
-    """Sidecar mode: which worker nodenames this exporter speaks for (all when no pattern)."""
-
-    def __init__(self, pattern: str | None) -> None:
-        self.active = pattern is not None
-        self._pattern = re.compile(pattern) if pattern is not None else None
-        self._cache: dict[str, bool] = {}
-
-    def __call__(self, nodename: str) -> bool:
-        if self._pattern is None:
-            return True
-        matched = self._cache.get(nodename)
-        if matched is None:
-            if len(self._cache) >= _WORKER_CACHE_SIZE:
-                self._cache.clear()
-            matched = self._cache[nodename] = self._pattern.search(nodename) is not None
-        return matched
 
 
 class LiveLabels:

@@ -29,7 +29,6 @@ from exporter.state.labels import (
     OVERFLOW,
     UNKNOWN,
     TaskLabels,
-    WorkerFilter,
     exception_class,
 )
 from exporter.state.routing import QueueResolver
@@ -117,7 +116,6 @@ class TaskState:
         watched: frozenset[str] = frozenset(),
         worker_retention: float,
         queue_forget: float,
-        worker_filter: WorkerFilter | None = None,
         configured_queues: frozenset[str] = frozenset(),
     ) -> None:
         self.labels = labels
@@ -136,9 +134,6 @@ class TaskState:
         # Task names whose latest task-sent (else task-received) time is kept: Beat's
         # heartbeat task and the periodic tasks named in the config.
         self._watched = watched
-        # Sidecar mode: other workers' events still feed correlation but are not counted,
-        # and neither is task-sent (producers are counted by the standalone exporter).
-        self._counts = worker_filter or WorkerFilter(None)
         self.last_seen: dict[str, float] = {}
         self._worker_retention = worker_retention
         self._queue_forget = queue_forget
@@ -150,7 +145,6 @@ class TaskState:
         settings: Settings,
         *,
         resolver: QueueResolver,
-        worker_filter: WorkerFilter,
         watched: Iterable[str] = (),
     ) -> TaskState:
         """The task state the settings describe; watches Beat's and the periodic tasks (those
@@ -166,7 +160,6 @@ class TaskState:
             watched=frozenset(
                 [*settings.periodic_tasks, *watched, *filter(None, [settings.beat_heartbeat_task])]
             ),
-            worker_filter=worker_filter,
             worker_retention=settings.worker_retention_seconds,
             queue_forget=settings.queue_forget_seconds,
             configured_queues=frozenset(settings.queues),
@@ -208,8 +201,7 @@ class TaskState:
             # task-sent says when the attempt entered the queue, better than task-received.
             self._attempts(record)[attempt] = (event.timestamp, parse_eta(event.eta), True)
         key = (record.label or UNKNOWN, record.queue or self.labels.queue(UNKNOWN, now))
-        if not self._counts.active:
-            self.accounts.add(self.accounts.sent, key)
+        self.accounts.add(self.accounts.sent, key)
 
     def _on_received(self, record: _Record, event: TaskEvent, now: float) -> None:
         if event.name:
@@ -283,8 +275,6 @@ class TaskState:
         # Celery 5.7 sends task-failed twice for a hard time limit (pool and request).
         if redelivered is None or (kind == TASK_FAILED and record.stage is Stage.FAILED):
             self.duplicates += 1
-            return
-        if not self._counts(event.hostname):
             return
         key = self._labels(record, event.hostname, now)
         accounts = self.accounts
