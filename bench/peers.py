@@ -67,7 +67,7 @@ PEERS = {
     "flower": Peer(
         "flower",
         # The broker client (celery, kombu, redis-py, hiredis) and prometheus-client at the
-        # versions requirements.lock gives the exporter (tests/test_bench_peers.py checks it).
+        # versions requirements.lock gives the exporter (tests/test_unit_bench_peers.py checks it).
         (
             "flower==2.2.0",
             "celery[redis]==5.7.0",
@@ -243,7 +243,10 @@ def run(
 
 
 def _value(section: Section, key: str) -> object:
-    return next(figure.value for figure in section.figures if figure.key == key)
+    for figure in section.figures:
+        if figure.key == key:
+            return figure.value
+    raise KeyError(f"{section.name} has no figure {key!r}")
 
 
 def side_by_side(pairs: list[tuple[Section, Section]]) -> str:

@@ -191,7 +191,6 @@ class Exporter:
             return collector == "workers"
         return bool(self.options.get(f"collector_{collector}", True))
 
-
     @property
     def singleton(self) -> bool:
         spec = self.deployment["spec"]
@@ -374,14 +373,20 @@ def test_every_container_has_requests_and_limits(rendered: dict[str, list[Doc]])
 
 
 def test_exporters_probe_healthz_and_readyz(rendered: dict[str, list[Doc]]) -> None:
-    """Each exporter serves 9808 as port metrics, liveness on /healthz, readiness on /readyz."""
+    """Each exporter serves 9808 as port metrics, liveness on /healthz, readiness on /readyz;
+    a worker sidecar has no readiness probe (a broker outage must not make worker pods
+    NotReady)."""
     for exporter in exporters(rendered):
         container = exporter.container
         assert container["ports"] == [
             {"name": "metrics", "containerPort": PORT, "protocol": "TCP"}
         ], exporter.name
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        if exporter.sidecar:
+            assert "readinessProbe" not in container, exporter.name
+        else:
+            readiness = container["readinessProbe"]["httpGet"]
+            assert readiness == {"path": "/readyz", "port": "metrics"}, exporter.name
         assert "startupProbe" not in container, exporter.name
         assert "port" not in exporter.options and "host" not in exporter.options, exporter.name
 

@@ -61,8 +61,10 @@ URL. Call with (dict "root" $ "args" <list> "env" <list> "mounts" <list> "extra"
       protocol: TCP
   livenessProbe:
     {{- toYaml $v.livenessProbe | nindent 4 }}
+  {{- if not .noReadiness }}
   readinessProbe:
     {{- toYaml $v.readinessProbe | nindent 4 }}
+  {{- end }}
   {{- with .extra }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
