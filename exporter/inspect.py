@@ -128,8 +128,6 @@ class Inspector:
         self._timeout = timeout
         self._resolver = resolver
         self._live_workers = live_workers
-        # Sidecar mode: ask only the workers this exporter speaks for, never broadcast to all
-        # (N sidecars broadcasting would cost N * workers replies per interval).
         self.stats = stats
         self._new: set[str] = set()
         self._new_lock = threading.Lock()

@@ -428,7 +428,7 @@ def beat_rows(b: Board) -> None:
         "Periodic tasks: overdue by", "s",
         [(f"time() - max by (task) ({b.sel(defs.PERIODIC_NEXT_DUE)})", "{{task}}")],
         description="How long past its next due time each periodic task is, by its schedule "
-        "(negative: not due yet). CeleryPeriodicTaskOverdue fires 1m past it.",
+        "(negative: not due yet). CeleryPeriodicTaskOverdue fires once it is past its grace.",
         min_val=None,
     )  # fmt: skip
     b.timeseries(

@@ -183,12 +183,12 @@ class Exporter:
 
     @property
     def sidecar(self) -> bool:
-        """A worker sidecar (--sidecar): worker series of its own pod's worker, nothing else."""
+        """A worker sidecar (--sidecar): its own pod's worker processes, no other series."""
         return bool(self.options.get("sidecar"))
 
     def enabled(self, collector: str) -> bool:
         if self.sidecar:
-            return collector == "workers"
+            return False
         return bool(self.options.get(f"collector_{collector}", True))
 
     @property
@@ -432,24 +432,17 @@ def test_broker_url_comes_from_a_secret(rendered: dict[str, list[Doc]]) -> None:
 
 
 def test_each_series_comes_from_exactly_one_exporter(rendered: dict[str, list[Doc]]) -> None:
-    """Per render, queue and Beat series have one singleton exporter; task and worker series
-    come either from one unfiltered singleton or from per-pod filtered sidecars only, so sum()
-    over the job never counts anything twice."""
+    """Per render, task, worker, queue and Beat series each have one singleton exporter, and
+    worker sidecars export only their own pod's processes, so sum() over the job never counts
+    anything twice."""
     by_render: dict[str, list[Exporter]] = {}
     for exporter in exporters(rendered):
         by_render.setdefault(exporter.render, []).append(exporter)
     for render, found in by_render.items():
-        for collector in ("queues", "beat"):
+        for collector in ("tasks", "workers", "queues", "beat"):
             owners = [e for e in found if e.enabled(collector)]
             assert len(owners) == 1, f"{render}: {collector} from {[e.name for e in owners]}"
             assert owners[0].singleton, f"{render}: {owners[0].name} must be one replica"
-        for collector in ("tasks", "workers"):
-            owners = [e for e in found if e.enabled(collector)]
-            unfiltered = [e for e in owners if not e.sidecar]
-            assert owners, f"{render}: nobody exports {collector}"
-            if unfiltered:
-                assert owners == unfiltered == [unfiltered[0]], render
-                assert unfiltered[0].singleton, render
 
 
 def test_standalone_task_series_are_per_deployment_not_per_pod(

@@ -81,7 +81,7 @@ LOWERED: dict[str, list[dict[str, object]]] = {
     "CeleryBeatHeartbeatStale": [
         {"severity": "critical", "for": "1s", "max_age": f"{BEAT_MAX_AGE}s"}
     ],
-    "CeleryPeriodicTaskOverdue": [{"severity": "warning", "for": "1s", "interval_factor": 5}],
+    "CeleryPeriodicTaskOverdue": [{"severity": "warning", "for": "1s", "grace": "4s"}],
     "CeleryExporterBrokerUnreachable": [{"severity": "critical", "for": "1s"}],
     "CeleryExporterCollectorFailing": [{"severity": "warning", "for": "1s"}],
     # When every task stops (Beat stopped), the workers' processed count, reported by their
@@ -440,8 +440,9 @@ def test_stopped_worker_fires_worker_down_and_workers_missing(stack: Stack) -> N
 def test_stopped_beat_fires_heartbeat_stale_and_periodic_overdue(stack: Stack) -> None:
     """``celery beat`` stopped with SIGTERM: its heartbeat (task-sent of exporter.beat.heartbeat,
     every 1 s) gets older than 5 s, and CeleryBeatHeartbeatStale (critical, source events) and
-    CeleryPeriodicTaskOverdue (warning, the heartbeat task, 5 intervals) arrive firing; Beat
-    started again on its schedule file: both arrive resolved, and no other alert is notified."""
+    CeleryPeriodicTaskOverdue (warning, the heartbeat task, 4 s past its next due) arrive
+    firing; Beat started again on its schedule file: both arrive resolved, and no other alert
+    is notified."""
     beat = stack.beat
     fires_and_resolves(
         stack,
@@ -485,14 +486,23 @@ def test_killed_worker_fires_orphaned_worker_down_and_workers_missing(stack: Sta
 def test_lost_pool_processes_fire_redelivery_rate_high(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Four lost_once tasks (acks_late, reject_on_worker_lost) each kill their pool process
-    once and are delivered again: 4 of 8 deliveries in the 8 s window are redeliveries, and
+    """lost_once (acks_late, reject_on_worker_lost) kills its pool process once and is
+    delivered again: once, until Prometheus has its series, then four times more: 4 of 8
+    deliveries in the 8 s window are redeliveries, and
     CeleryTaskRedeliveryRateHigh for lost_once arrives firing, then resolved once they leave
     the window; no other alert is notified."""
-    producer, exp = stack.producer, stack.exporter
+    producer, exp, prometheus = stack.producer, stack.exporter, stack.prometheus
     markers = tmp_path_factory.mktemp("lost-once")
+    redelivered = f'celery_task_redelivered_total{{job="{JOB}", task="{sa.LOST_ONCE}"}}'
 
     def cause() -> None:
+        # rate() counts increases only: the series must exist before the burst.
+        producer.send_task(sa.LOST_ONCE, args=[str(markers / "first")])
+        wait_until(
+            lambda: list(prometheus.values(redelivered).values()) == [1.0],
+            SETTLE_SECONDS,
+            lambda: f"{redelivered} never scraped as 1: {prometheus.values(redelivered)}",
+        )
         for number in range(REDELIVERED):
             producer.send_task(sa.LOST_ONCE, args=[str(markers / str(number))])
 
@@ -502,7 +512,7 @@ def test_lost_pool_processes_fire_redelivery_rate_high(
         cause=cause,
         cure=lambda: wait_for_value(
             exp.port,
-            REDELIVERED,
+            REDELIVERED + 1,
             "celery_task_succeeded_total",
             SETTLE_SECONDS,
             task=sa.LOST_ONCE,

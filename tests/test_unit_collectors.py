@@ -309,9 +309,9 @@ class _Watcher:
             cpu_seconds=12.5, rss_bytes=300 << 20, largest_pool_rss_bytes=90 << 20,
         )  # fmt: skip
         return {
-            W1: WorkerReport(True, 3, 1, 0, True, True, pool, T0),
+            W1: WorkerReport(True, True, pool, T0),
             # not shared /proc: no pids, no process series
-            W2: WorkerReport(True, 2, 0, 0, False, False, None, None),
+            W2: WorkerReport(False, False, None, None),
         }
 
 

@@ -1,4 +1,4 @@
-"""Worker sidecar metrics: this pod's workers' processes and their last inspection."""
+"""Worker sidecar metrics: this pod's workers' processes, read from /proc."""
 
 from __future__ import annotations
 
@@ -11,17 +11,13 @@ from exporter.sidecar.watcher import SidecarWatcher
 
 
 class SidecarCollector:
-    """Per watched worker: up, pool and tasks from inspection; memory, CPU and pool processes
-    from /proc. Counters are shown while the worker is away; gauges only while it runs."""
+    """Per watched worker: memory, CPU and pool processes. Counters are shown while the worker
+    is away; gauges only while it runs."""
 
     def __init__(self, watcher: SidecarWatcher) -> None:
         self._watcher = watcher
 
     def collect(self) -> Iterable[Metric]:
-        up = defs.WORKER_UP.gauge()
-        concurrency = defs.WORKER_CONCURRENCY.gauge()
-        active = defs.WORKER_TASKS_ACTIVE.gauge()
-        reserved = defs.WORKER_TASKS_RESERVED.gauge()
         visible = defs.WORKER_PROCESSES_VISIBLE.gauge()
         started = defs.WORKER_START_TIME.gauge()
         rss = defs.WORKER_MEMORY_RSS.gauge()
@@ -31,14 +27,6 @@ class SidecarCollector:
         replacements = defs.WORKER_POOL_REPLACEMENTS.counter()
         for worker, report in sorted(self._watcher.reports().items()):
             labels = [worker]
-            up.add_metric(labels, 1.0 if report.answered else 0.0)
-            for family, value in (
-                (concurrency, report.concurrency),
-                (active, report.active),
-                (reserved, report.reserved),
-            ):
-                if value is not None:
-                    family.add_metric(labels, value)
             if report.visible is not None:
                 visible.add_metric(labels, 1.0 if report.visible else 0.0)
             pool = report.pool
@@ -52,5 +40,4 @@ class SidecarCollector:
                 rss.add_metric(labels, pool.rss_bytes)
                 largest.add_metric(labels, pool.largest_pool_rss_bytes)
                 processes.add_metric(labels, pool.pool_processes)
-        yield from (up, concurrency, active, reserved, visible)
-        yield from (started, rss, largest, processes, cpu, replacements)
+        yield from (visible, started, rss, largest, processes, cpu, replacements)

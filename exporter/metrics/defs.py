@@ -120,8 +120,7 @@ TASK_SLA = MetricDef(
 # --- workers (collector "workers") ---
 WORKER_UP = MetricDef(
     "celery_worker_up", "gauge",
-    "1 while the worker's heartbeats arrive on time, 0 after worker-offline or missed heartbeats "
-    "(worker sidecar: 1 while it answers the sidecar's inspection).",
+    "1 while the worker's heartbeats arrive on time, 0 after worker-offline or missed heartbeats.",
     ("worker",),
 )  # fmt: skip
 WORKER_LAST_HEARTBEAT = MetricDef(
@@ -134,8 +133,7 @@ WORKER_HEARTBEAT_INTERVAL = MetricDef(
 )  # fmt: skip
 WORKER_TASKS_ACTIVE = MetricDef(
     "celery_worker_tasks_active", "gauge",
-    "Tasks executing on the worker, as of its last heartbeat (worker sidecar: inspection).",
-    ("worker",),
+    "Tasks executing on the worker, as of its last heartbeat.", ("worker",),
 )  # fmt: skip
 WORKER_TASKS_PROCESSED = MetricDef(
     "celery_worker_tasks_processed_total", "counter",

@@ -1,8 +1,10 @@
 """The worker(s) of this pod, watched from inside it: targeted inspection and /proc.
 
 No event stream: every ``inspect_interval`` the watcher asks only its own workers, by name,
-for ``stats`` (main pid, pool size), ``active`` and ``reserved``; every ``proc_interval`` it
-reads their processes from /proc. Its broker traffic is a constant per pod, whatever the
+for ``stats`` (the main pid); every ``proc_interval`` it reads their processes from /proc.
+Liveness, concurrency, active and reserved tasks are the standalone exporter's series (from
+heartbeats and its own inspection): exported here too, ``sum()`` over the job would count them
+twice and live workers would look doubled. Its broker traffic is a constant per pod, whatever the
 cluster's event rate. The workers' nodenames are given, or found by a ping that only workers
 named ``*@<hostname>`` answer (the worker checks the pattern, so others stay silent), asked
 at start-up, whenever a watched worker is silent or its main process is gone, and every
@@ -22,7 +24,7 @@ from typing import Any, NamedTuple
 import kombu
 from kombu.pidbox import Mailbox
 
-from exporter.inspect import InspectStats, by_worker, control_mailbox, parse_concurrency
+from exporter.inspect import InspectStats, by_worker, control_mailbox
 from exporter.sidecar.pool import PoolSnapshot, PoolTracker
 from exporter.sidecar.procfs import CLOCK_TICKS, ProcReader
 
@@ -34,19 +36,10 @@ DISCOVER_EVERY = 10
 class WorkerReport(NamedTuple):
     """One watched worker as the collector shows it."""
 
-    answered: bool  # it answered the last inspection round
-    concurrency: int | None
-    active: int | None
-    reserved: int | None
     visible: bool | None  # its main process is in our /proc (None: no pid learned yet)
     live: bool  # ``pool`` describes processes running now, not the last ones seen
     pool: PoolSnapshot | None
     started: float | None  # when the main process started (unix time)
-
-
-def _counts(replies: dict[str, Any]) -> dict[str, int]:
-    """``active``/``reserved`` replies -> requests per worker."""
-    return {name: len(value) for name, value in replies.items() if isinstance(value, list)}
 
 
 def _main_pid(stats: Any) -> int | None:
@@ -120,7 +113,10 @@ class SidecarWatcher:
                     self.stats.add("error")
                     self._drop_connection()
                     log.warning("worker inspection failed: %s", err)
-            await asyncio.to_thread(self._sample)
+            try:
+                await asyncio.to_thread(self._sample)
+            except Exception:  # supervision boundary: /proc must not stop the watcher
+                log.exception("reading the workers' processes failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._proc_interval)
 
@@ -139,11 +135,8 @@ class SidecarWatcher:
             if not self._names:
                 return
             stats = self._ask(mailbox, "stats")
-            active = _counts(self._ask(mailbox, "active"))
-            reserved = _counts(self._ask(mailbox, "reserved"))
         finally:
             mailbox.unclaimed.clear()  # late replies are kept by ticket, never asked for again
-        concurrency = parse_concurrency(stats)
         self._answered = {name: stats[name] for name in self._names if name in stats}
         for name, reply in self._answered.items():
             pid = _main_pid(reply)
@@ -153,10 +146,6 @@ class SidecarWatcher:
         with self._lock:
             self._reports = {
                 name: WorkerReport(
-                    answered=name in self._answered,
-                    concurrency=concurrency.get(name),
-                    active=active.get(name),
-                    reserved=reserved.get(name),
                     visible=self._visible.get(name),
                     live=name in self._live,
                     pool=self._trackers[name].snapshot if name in self._trackers else None,
