@@ -256,10 +256,11 @@ class Daemon:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             status = self.source.status
+            # Heartbeats lost with a connection, or dropped by the broker while we lagged,
+            # must not look like dead workers.
+            since = max(status.connected_at, self.view.last_broker_drop() or 0.0)
             try:
-                self.pipeline.sweep(
-                    stream_since=status.connected_at if status.connected else math.inf
-                )
+                self.pipeline.sweep(stream_since=since if status.connected else math.inf)
             except Exception:  # supervision boundary: upkeep must go on
                 log.exception("state upkeep failed")
 

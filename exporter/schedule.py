@@ -35,16 +35,20 @@ class _Instant:
         return self.moment
 
 
+# Entries may share one schedule object (a module-level crontab): each answer pins the
+# object's clock to its own instant, under one lock.
+_PINNED = threading.Lock()
+
+
 def _next_due(schedule: Any, tz: Any) -> NextDue:
-    instant = _Instant()
-    # The app's schedule objects are this process's own copy (the exporter imported the app):
+    # The app's schedule objects are this process's own (the exporter imported the app):
     # pinning their clock changes nothing for Beat.
-    schedule.nowfun = instant
-    lock = threading.Lock()
+    instant = _Instant()
 
     def next_due(after: float) -> float:
         moment = datetime.fromtimestamp(after, tz)
-        with lock:
+        with _PINNED:
+            schedule.nowfun = instant
             instant.moment = moment
             remaining: timedelta | None = schedule.remaining_estimate(moment)
         if remaining is None:  # a schedule with no run after this one (RedBeat's rrule)

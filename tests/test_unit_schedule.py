@@ -174,6 +174,26 @@ def test_a_late_run_counts_what_it_missed_without_a_read_between() -> None:
     assert state.read({"task": S + 75}, S + 80) == {"task": PeriodicReading(S + 135, 1)}
 
 
+def test_entries_sharing_one_schedule_object_answer_each_for_itself(app: Celery) -> None:
+    """Two entries on one module-level crontab object: each one's next due follows its own
+    last run, whatever the other was asked last (whole hours in Asia/Kolkata are :30 UTC)."""
+    hourly = crontab(minute=0)
+    dues = _schedules(
+        app,
+        {
+            "a": {"task": "t.a", "schedule": hourly},
+            "b": {"task": "t.b", "schedule": hourly},
+        },
+    )
+    (due_a,), (due_b,) = dues["t.a"], dues["t.b"]
+    early, late = utc("2024-05-06 05:10"), utc("2024-05-06 07:10")
+    assert (due_a(early), due_b(late), due_a(early)) == (
+        utc("2024-05-06 05:30"),
+        utc("2024-05-06 07:30"),
+        utc("2024-05-06 05:30"),
+    )
+
+
 def test_crontab_missed_by_the_minute(app: Celery) -> None:
     """Every minute (a real crontab), never run from T (05:08:09.5): at 05:12:05 the due times
     05:09, 05:10 and 05:11 are missed (05:12 is within its 10 s grace), at 05:12:30 four. A
@@ -217,7 +237,8 @@ def test_entries_sharing_a_task_take_the_earliest_due(app: Celery) -> None:
 
 def test_periodic_state_joins_the_config_and_the_app() -> None:
     """--periodic-tasks entries are due an interval after each run; a task in both the config
-    and the app's schedule takes the earliest of them; nothing watched is no state."""
+    and the app's schedule follows the app's (a weekday crontab must not be judged by a daily
+    interval); nothing watched is no state."""
     state = periodic_state(
         {"t.config": 300.0, "t.both": 60.0},
         {"t.both": [interval_due(120)], "t.app": [interval_due(30)]},
@@ -227,7 +248,7 @@ def test_periodic_state_joins_the_config_and_the_app() -> None:
     assert state is not None
     assert state.tasks == ["t.both", "t.app", "t.config"]
     assert state.read({"t.config": S + 5}, S + 6) == {
-        "t.both": PeriodicReading(S + 60, 0),
+        "t.both": PeriodicReading(S + 120, 0),
         "t.app": PeriodicReading(S + 30, 0),
         "t.config": PeriodicReading(S + 305, 0),
     }

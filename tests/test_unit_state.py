@@ -907,7 +907,8 @@ def test_retries_that_recover_and_retries_that_run_out() -> None:
 def test_tasks_of_a_worker_whose_heartbeats_stop_are_orphaned_once() -> None:
     """A worker killed mid-task sends nothing more: once its heartbeats are overdue while the
     event stream runs, its running tasks are orphaned, exactly once, and no longer running;
-    another worker's stay. Heartbeats missed while the stream was down say nothing."""
+    another worker's stay. Heartbeats missed while the stream was down say nothing: a worker
+    gets a full timeout from when it came back."""
     h = Harness(worker_timeout_heartbeats=3)
     h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0)])
     h.pipeline.apply([WorkerEvent("worker-online", W2, T0, 2.0, 0, 0, 0.0)])
@@ -921,10 +922,10 @@ def test_tasks_of_a_worker_whose_heartbeats_stop_are_orphaned_once() -> None:
     h.clock.now = T0 + 6
     h.pipeline.apply([WorkerEvent("worker-heartbeat", W2, T0 + 6, 2.0, 1, 0, 0.0)])
     h.pipeline.sweep(stream_since=math.inf)  # the stream is down: nothing is judged
-    h.pipeline.sweep(stream_since=T0 + 6.5)  # it came back after W1's deadline
+    h.pipeline.sweep(stream_since=T0 + 1)  # back since T0 + 1: W1 gets until T0 + 7
     assert len(h.snap().running) == 3
-    h.pipeline.sweep(stream_since=T0 + 1)
-    h.pipeline.sweep(stream_since=T0 + 1)
+    h.pipeline.sweep(stream_since=T0 - 60)
+    h.pipeline.sweep(stream_since=T0 - 60)
     snap = h.snap()
     assert snap.orphaned == {(ADD, "unknown"): 2}
     assert [task.hostname for task in snap.running] == [W2]
@@ -954,6 +955,19 @@ def test_a_warm_shutdown_orphans_only_what_outlives_the_grace() -> None:
     assert len(h.snap().running) == 1
     h.clock.now = T0 + 40.001
     h.pipeline.sweep(stream_since=T0)
+    assert h.snap().orphaned == {(ADD, "unknown"): 1}
+    assert h.snap().running == []
+
+
+def test_a_restarted_pid_1_worker_orphans_what_ran_there() -> None:
+    """In a container the worker is PID 1 again after a restart: its worker-online counts
+    fewer tasks processed than the old process had."""
+    h = Harness()
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0, 2.0, 0, 0, 0.0, 1)])
+    h.task("received", "a", T0, name=ADD, retries=0)
+    h.task("started", "a", T0)
+    h.pipeline.apply([WorkerEvent("worker-heartbeat", W1, T0 + 2, 2.0, 1, 1, 0.0, 1)])
+    h.pipeline.apply([WorkerEvent("worker-online", W1, T0 + 4, 2.0, 0, 0, 0.0, 1)])
     assert h.snap().orphaned == {(ADD, "unknown"): 1}
     assert h.snap().running == []
 

@@ -164,10 +164,11 @@ def periodic_state(
     dynamic: bool = False,
 ) -> PeriodicState | None:
     """The tasks of ``--periodic-tasks`` (due an interval after each run) and of the app's
-    beat_schedule together; None when there are none and none may come (``dynamic``)."""
+    beat_schedule together, the app's schedule first where both name a task; None when there
+    are none and none may come (``dynamic``)."""
     schedules: dict[str, list[NextDue]] = {task: list(dues) for task, dues in app_schedules.items()}
     for task, interval in intervals.items():
-        schedules.setdefault(task, []).append(interval_due(interval))
+        schedules.setdefault(task, [interval_due(interval)])
     if not schedules and not dynamic:
         return None
     return PeriodicState(schedules, grace=grace, started=started)

@@ -327,6 +327,7 @@ class TaskState:
                 # consumer's messages at once): that run is over, uncounted as orphaned.
                 record.ends = record.starts
                 record.started_at = None
+                record.stage = Stage.ENDED
                 self.accounts.end(event.uuid)
         return True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from exporter.events.model import WORKER_OFFLINE, WorkerEvent
+from exporter.events.model import WORKER_OFFLINE, WORKER_ONLINE, WorkerEvent
 from exporter.settings import Settings
 
 # Celery's own default heartbeat interval, assumed until a worker states its freq.
@@ -116,13 +116,18 @@ class WorkerState:
         return hostname in self._workers
 
     def restarted(self, event: WorkerEvent) -> bool:
-        """Whether ``event`` comes from another main process than the worker's last events."""
+        """Whether this worker-online comes from a new main process: another pid, or the same
+        one (a container's PID 1) counting fewer tasks processed. A consumer restarted after a
+        broker blip sends worker-online from the same process, its count going on."""
         worker = self._workers.get(event.hostname)
+        if worker is None or event.type != WORKER_ONLINE:
+            return False
+        if event.pid is not None and worker.pid is not None and event.pid != worker.pid:
+            return True
         return (
-            worker is not None
-            and event.pid is not None
-            and worker.pid is not None
-            and event.pid != worker.pid
+            event.processed is not None
+            and worker.processed is not None
+            and event.processed < worker.processed
         )
 
     def lost(self, hostname: str, now: float, stream_since: float) -> bool:
@@ -134,8 +139,10 @@ class WorkerState:
             return False
         if worker.offline_at is not None:
             return now - worker.offline_at > self._shutdown_grace
-        deadline = worker.last_heartbeat + worker.freq * self._timeout
-        return stream_since <= deadline <= now
+        # Heartbeats missed while the stream was down say nothing: a full timeout from when it
+        # came back.
+        deadline = max(worker.last_heartbeat, stream_since) + worker.freq * self._timeout
+        return deadline <= now
 
     def live_count(self, now: float) -> int:
         return sum(1 for worker in self._workers.values() if now < self._down_since(worker))
