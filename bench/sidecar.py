@@ -32,27 +32,12 @@ from bench.report import MIB, Figure, Section, equals, finish, load_average, run
 from bench.soak import SPEC, TICK_SECONDS, tasks_per_second
 from bench.truth import events_counted, events_per_message
 from bench.workload import SimEvent, stream
+from tests.services import local_ports
 
 RATES = (1000.0, 5000.0)
 SECONDS = 60.0
 REPLY_QUEUE_SUFFIX = b".reply.celery.pidbox"
 WORKER_APP = "tests.sample_app"
-
-
-def _local_ports(pid: int) -> set[int]:
-    """The local TCP ports of ``pid``'s sockets: its Redis connections' client ports."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            target = str(fd.readlink())
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    ports = set()
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[9] in inodes:
-            ports.add(int(fields[1].split(":")[1], 16))
-    return ports
 
 
 class _Monitor:
@@ -146,7 +131,7 @@ def _measure(redis: RedisServer, rate: float, seconds: float) -> Section:
                 publisher.close()
             elapsed = time.monotonic() - began
             after = [exporter.stats() for exporter in (standalone, sidecar)]
-            ports = _local_ports(sidecar.pid)
+            ports = local_ports(sidecar.pid)
             monitor.close()
             counted = events_counted(standalone.metrics())
             subscribed = _subscriptions(redis.port, ports)

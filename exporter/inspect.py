@@ -32,6 +32,36 @@ CONTROL_QUEUE_TTL = 300.0
 CONTROL_QUEUE_EXPIRES = 10.0
 
 
+class ControlConnection:
+    """One broker connection for control commands, opened when first needed and kept between
+    rounds; dropped after a failure (it may be half-broken), so the next round opens a new one."""
+
+    def __init__(self, broker_url: str, transport_options: dict[str, Any], timeout: float) -> None:
+        self._broker_url = broker_url
+        self._transport_options = transport_options
+        self._timeout = timeout
+        self._mailbox = control_mailbox()
+        self._connection: kombu.Connection | None = None
+
+    def mailbox(self) -> Any:
+        """The control mailbox bound to the connection (kombu types it loosely)."""
+        if self._connection is None:
+            self._connection = kombu.Connection(
+                self._broker_url,
+                transport_options=self._transport_options,
+                connect_timeout=self._timeout,
+            )
+        return self._mailbox(self._connection)
+
+    def drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:  # a broken connection must not hide the round's error
+                log.debug("releasing the inspection connection failed", exc_info=True)
+
+
 def control_mailbox() -> Mailbox:
     """The mailbox Celery workers listen on for control commands, as ``app.control`` builds it."""
     return Mailbox(
@@ -122,8 +152,6 @@ class Inspector:
         live_workers: Callable[[], int],
         stats: InspectStats,
     ) -> None:
-        self._broker_url = broker_url
-        self._transport_options = transport_options
         self._interval = interval
         self._timeout = timeout
         self._resolver = resolver
@@ -133,9 +161,8 @@ class Inspector:
         self._new_lock = threading.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._mailbox = control_mailbox()
-        # The connection is kept between rounds; a round holds this lock while it uses it.
-        self._connection: kombu.Connection | None = None
+        # A round holds this lock while it uses the connection.
+        self._control = ControlConnection(broker_url, transport_options, timeout)
         self._round = threading.Lock()
         self._closed = False
         # Swapped whole by the inspecting thread, read by scrapes.
@@ -179,26 +206,20 @@ class Inspector:
         with self._round:
             if self._closed:
                 return
-            if self._connection is None:
-                self._connection = kombu.Connection(
-                    self._broker_url,
-                    transport_options=self._transport_options,
-                    connect_timeout=self._timeout,
-                )
-            mailbox = self._mailbox(self._connection)
+            mailbox = self._control.mailbox()
             try:
                 active_queues = self._ask(mailbox, "active_queues", destination, limit)
                 stats = self._ask(mailbox, "stats", destination, limit)
                 reserved = self._ask(mailbox, "reserved", destination, limit)
             except Exception:
-                self._drop_connection()  # it may be half-broken: a fresh one next round
+                self._control.drop()  # it may be half-broken: a fresh one next round
                 raise
             finally:
                 # Replies that came after their broadcast's timeout are kept by ticket, for
                 # ever: nothing here asks for them again.
                 mailbox.unclaimed.clear()
                 if self._closed:  # close() came during the round and left this to it
-                    self._drop_connection()
+                    self._control.drop()
         queues = parse_active_queues(active_queues)
         self._resolver.set_worker_queues(queues)
         self.concurrency = {**self.concurrency, **parse_concurrency(stats)}
@@ -217,14 +238,6 @@ class Inspector:
             replies = mailbox.multi_call(command, timeout=self._timeout, limit=limit)
         return by_worker(replies)
 
-    def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.release()
-            except Exception:  # a broken connection must not hide the round's error
-                log.debug("releasing the inspection connection failed", exc_info=True)
-
     def forget_worker(self, worker: str) -> None:
         """Drop what was learned of a worker that left for good."""
         self.concurrency = {w: n for w, n in self.concurrency.items() if w != worker}
@@ -235,7 +248,7 @@ class Inspector:
         self._closed = True
         if self._round.acquire(blocking=False):
             try:
-                self._drop_connection()
+                self._control.drop()
             finally:
                 self._round.release()
 

@@ -52,6 +52,24 @@ def port_open(port: int) -> bool:
         return sock.connect_ex((LOOPBACK, port)) == 0
 
 
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of ``pid``'s sockets (IPv4 loopback connections)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes:
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
+
+
 def wait_ports_closed(ports: list[int], timeout: float) -> None:
     """Until none of ``ports`` accepts connections (a stopped server really let go of them)."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,13 @@ from prometheus_client.samples import Sample
 from tests import sample_app as sa
 from tests.celery_procs import CeleryWorkerProcess, ProcsFactory
 from tests.helpers import scrape, value, wait_until
-from tests.services import ExporterFactory, ExporterProcess, RabbitMQServer, RedisFactory
+from tests.services import (
+    ExporterFactory,
+    ExporterProcess,
+    RabbitMQServer,
+    RedisFactory,
+    local_ports,
+)
 
 CONCURRENCY = 3
 MAX_TASKS_PER_CHILD = 2
@@ -78,24 +84,6 @@ def _tree_rss(main: int) -> tuple[int, int]:
                 children.append(_status_rss(int(entry.name)))
     main_rss = _status_rss(main)
     return main_rss + sum(children), max(children, default=main_rss)
-
-
-def _local_ports(pid: int) -> set[int]:
-    """The local TCP ports of ``pid``'s sockets (IPv4 loopback connections)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = str(fd.readlink())
-        except FileNotFoundError:  # closed meanwhile
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[9] in inodes:
-            ports.add(int(fields[1].split(":")[1], 16))
-    return ports
 
 
 def _metric(samples: list[Sample], name: str, worker: CeleryWorkerProcess) -> float | None:
@@ -168,7 +156,7 @@ def broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
 
 def _assert_no_event_subscription(kind: str, server: Any, exporter: ExporterProcess) -> None:
     """The sidecar neither subscribes to Redis pub/sub nor has an event queue on RabbitMQ."""
-    ports = _local_ports(exporter.proc.pid)
+    ports = local_ports(exporter.proc.pid)
     if kind == "redis":
         client = redis.Redis(port=server.port)
         try:

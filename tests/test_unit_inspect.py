@@ -97,7 +97,7 @@ def test_a_round_learns_queues_pool_size_and_reserved(
     inspector._inspect([WORKER])  # targeted, on the connection kept from the first round
     assert inspector.stats.read() == {"ok": 2}
     inspector.close()
-    assert inspector._connection is None
+    assert inspector._control._connection is None
 
 
 def test_close_during_a_round_leaves_the_connection_to_the_round(
@@ -118,18 +118,18 @@ def test_close_during_a_round_leaves_the_connection_to_the_round(
 
     thread = threading.Thread(target=round_)
     thread.start()
-    while inspector._connection is None and thread.is_alive():
+    while inspector._control._connection is None and thread.is_alive():
         thread.join(0.01)
     assert not errors
     inspector.close()
-    assert inspector._connection is not None  # still the round's
+    assert inspector._control._connection is not None  # still the round's
     gate.set()
     thread.join(10)
     assert not errors
     assert inspector.concurrency == {WORKER: 4}
-    assert inspector._connection is None
+    assert inspector._control._connection is None
     inspector._inspect(None)
-    assert inspector._connection is None
+    assert inspector._control._connection is None
     assert inspector.stats.read() == {"ok": 1}
 
 
@@ -142,7 +142,7 @@ def test_a_reply_after_its_timeout_is_not_kept(worker_node: Callable[[Handlers],
     inspector._inspect(None)
     assert inspector.concurrency == {}
     assert inspector.stats.read() == {"ok": 1}
-    assert not inspector._mailbox.unclaimed
+    assert not inspector._control._mailbox.unclaimed
 
 
 def test_by_worker_merges_replies_and_skips_malformed_ones() -> None:

@@ -110,12 +110,7 @@ def build_registry(
     )
     # After the exporter's own families: the task snapshot and the event counts stay as close
     # together as before (a reader comparing them within one page sees less drift).
-    if settings.collector_process:
-        enabled.append(("process", ProcessCollector(registry=None)))
-        enabled.append(("platform", PlatformCollector(registry=None)))
-    for name, collector in enabled:
-        registry.register(Isolated(name, collector, results))
-    return registry
+    return _registered(registry, enabled, results, process=settings.collector_process)
 
 
 def build_sidecar_registry(*, settings: Settings, watcher: SidecarWatcher) -> CollectorRegistry:
@@ -131,7 +126,19 @@ def build_sidecar_registry(*, settings: Settings, watcher: SidecarWatcher) -> Co
             ),
         ),
     ]
-    if settings.collector_process:
+    return _registered(registry, enabled, results, process=settings.collector_process)
+
+
+def _registered(
+    registry: CollectorRegistry,
+    enabled: list[tuple[str, Collector]],
+    results: CollectorResults,
+    *,
+    process: bool,
+) -> CollectorRegistry:
+    """``registry`` with the collectors, each isolated, and client_python's process and
+    platform collectors last when ``process``."""
+    if process:
         enabled.append(("process", ProcessCollector(registry=None)))
         enabled.append(("platform", PlatformCollector(registry=None)))
     for name, collector in enabled:

@@ -21,10 +21,9 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-import kombu
 from kombu.pidbox import Mailbox
 
-from exporter.inspect import InspectStats, by_worker, control_mailbox
+from exporter.inspect import ControlConnection, InspectStats, by_worker
 from exporter.sidecar.pool import PoolSnapshot, PoolTracker
 from exporter.sidecar.procfs import CLOCK_TICKS, ProcReader
 
@@ -63,8 +62,7 @@ class SidecarWatcher:
         proc: ProcReader,
         stats: InspectStats,
     ) -> None:
-        self._broker_url = broker_url
-        self._transport_options = transport_options
+        self._control = ControlConnection(broker_url, transport_options, timeout)
         self._pattern = f"*@{hostname}"
         self._fixed = bool(workers)
         self._names: list[str] = list(workers)
@@ -74,8 +72,6 @@ class SidecarWatcher:
         self._proc = proc
         self._boot_time = proc.boot_time()
         self.stats = stats
-        self._mailbox: Mailbox = control_mailbox()
-        self._connection: kombu.Connection | None = None
         self._rounds = 0
         self._rediscover = True
         self._urgent = False  # a main process went away: inspect at the next sample
@@ -111,7 +107,7 @@ class SidecarWatcher:
                 except Exception as err:  # noqa: BLE001 - supervision boundary: broker may be down
                     self.connected = False
                     self.stats.add("error")
-                    self._drop_connection()
+                    self._control.drop()
                     log.warning("worker inspection failed: %s", err)
             try:
                 await asyncio.to_thread(self._sample)
@@ -121,13 +117,7 @@ class SidecarWatcher:
                 await asyncio.wait_for(stop.wait(), self._proc_interval)
 
     def _inspect(self) -> None:
-        if self._connection is None:
-            self._connection = kombu.Connection(
-                self._broker_url,
-                transport_options=self._transport_options,
-                connect_timeout=self._timeout,
-            )
-        mailbox = self._mailbox(self._connection)
+        mailbox = self._control.mailbox()
         try:
             if not self._fixed and (self._rediscover or self._rounds % DISCOVER_EVERY == 0):
                 self._discover(mailbox)
@@ -225,13 +215,5 @@ class SidecarWatcher:
                 self._proc.root,
             )
 
-    def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.release()
-            except Exception:  # a broken connection must not hide the round's error
-                log.debug("releasing the inspection connection failed", exc_info=True)
-
     def close(self) -> None:
-        self._drop_connection()
+        self._control.drop()
