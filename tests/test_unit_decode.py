@@ -678,7 +678,9 @@ def _pipeline() -> EventPipeline:
         worker_retention=3600.0,
         queue_forget=900.0,
     )
-    workers = WorkerState(timeout_heartbeats=3.0, retention=3600.0, max_workers=100)
+    workers = WorkerState(
+        timeout_heartbeats=3.0, retention=3600.0, max_workers=100, shutdown_grace=300.0
+    )
     return EventPipeline(
         tasks=tasks,
         workers=workers,

@@ -1011,3 +1011,17 @@ def test_a_worker_restarted_under_its_name_orphans_what_ran_there() -> None:
     h.pipeline.apply([WorkerEvent("worker-online", W1, T0 + 30, 2.0, 0, 0, 0.0, 200)])
     assert h.snap().orphaned == {(ADD, "unknown"): 1}
     assert h.snap().running == []
+
+
+def test_a_task_started_again_elsewhere_runs_where_it_started_last() -> None:
+    """A second task-started on another worker moves the running task there: the first
+    worker's idle heartbeat or loss leaves it running; the second one's idle heartbeat ends it."""
+    h = Harness()
+    h.task("received", "a", T0, name=ADD, retries=0)
+    h.task("started", "a", T0)
+    h.task("started", "a", T0 + 1, host=W2)
+    h.pipeline.apply([WorkerEvent("worker-heartbeat", W1, T0 + 2, 2.0, 0, 1, 0.0)])
+    assert [task.hostname for task in h.snap().running] == [W2]
+    h.pipeline.apply([WorkerEvent("worker-heartbeat", W2, T0 + 3, 2.0, 0, 1, 0.0)])
+    assert h.snap().running == []
+    assert h.snap().orphaned == {}

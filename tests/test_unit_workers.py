@@ -30,7 +30,12 @@ def offline(host: str = W1) -> WorkerEvent:
 
 
 def state(timeout: float = 3.0, retention: float = 3600.0, max_workers: int = 100) -> WorkerState:
-    return WorkerState(timeout_heartbeats=timeout, retention=retention, max_workers=max_workers)
+    return WorkerState(
+        timeout_heartbeats=timeout,
+        retention=retention,
+        max_workers=max_workers,
+        shutdown_grace=300.0,
+    )
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,9 @@ class TaskAccounts:
         self.duration: dict[Key4, Histogram] = {}
         self.queue_wait: dict[Key3, Histogram] = {}
         self.running: dict[str, RunningTask] = {}
+        # uuid -> task by nodename: an idle worker's heartbeat (every 2 s each) ends the tasks
+        # it no longer runs without scanning every running task.
+        self.running_by_host: dict[str, dict[str, RunningTask]] = {}
         self._counters: dict[str, dict[Key3, int]] = {
             TASK_RECEIVED: self.received,
             TASK_STARTED: self.started,
@@ -139,10 +142,17 @@ class TaskAccounts:
             self.timeouts[tkey] = self.timeouts.get(tkey, 0) + 1
 
     def start(self, uuid: str, task: RunningTask) -> None:
+        self.end(uuid)  # a second start may come from another worker
         self.running[uuid] = task
+        self.running_by_host.setdefault(task.hostname, {})[uuid] = task
 
     def end(self, uuid: str) -> None:
-        self.running.pop(uuid, None)
+        task = self.running.pop(uuid, None)
+        if task is not None:
+            on_host = self.running_by_host[task.hostname]
+            del on_host[uuid]
+            if not on_host:
+                del self.running_by_host[task.hostname]
 
     def observe_duration(self, key: Key4, seconds: float) -> None:
         hist = self.duration.get(key)

@@ -397,9 +397,8 @@ class TaskState:
         task of it runs or had an event for ``queue_forget`` seconds and it is not configured.
         Their limiter slots free up with them.
         """
-        running = self.accounts.running.values()
-        running_queues = {task.queue for task in running}
-        running_workers = {task.hostname for task in running}
+        running_queues = {task.queue for task in self.accounts.running.values()}
+        running_workers = self.accounts.running_by_host.keys()
         workers = self.labels.worker.expire(
             now - self._worker_retention,
             lambda hostname: hostname in running_workers or worker_known(hostname),
@@ -420,9 +419,8 @@ class TaskState:
         accounts = self.accounts
         stale = [
             (uuid, task)
-            for uuid, task in accounts.running.items()
-            if task.hostname == hostname
-            and (started_before is None or task.started_at < started_before)
+            for uuid, task in accounts.running_by_host.get(hostname, {}).items()
+            if started_before is None or task.started_at < started_before
         ]
         for uuid, task in stale:
             record = self._records.peek(uuid)
@@ -436,7 +434,7 @@ class TaskState:
 
     def running_on(self) -> set[str]:
         """Nodenames of the workers running a task."""
-        return {task.hostname for task in self.accounts.running.values()}
+        return set(self.accounts.running_by_host)
 
     # --- reading ---
 

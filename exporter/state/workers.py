@@ -48,7 +48,7 @@ class WorkerState:
         timeout_heartbeats: float,
         retention: float,
         max_workers: int,
-        shutdown_grace: float = 300.0,
+        shutdown_grace: float,
     ) -> None:
         self._timeout = timeout_heartbeats
         self._shutdown_grace = shutdown_grace
