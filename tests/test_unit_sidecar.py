@@ -65,7 +65,9 @@ def test_reads_the_children_of_a_process(children: list[subprocess.Popen[bytes]]
         # The kernel's per-CPU RSS counters are summed on each read: status and stat may
         # differ by a few pages.
         assert abs(sample.rss_bytes - _status(proc.pid, "VmRSS") * 1024) <= RSS_SLACK
-        assert sample.start_ticks > 0
+        # Field 22 of /proc/<pid>/stat, after the parenthesised command name.
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        assert sample.start_ticks == int(stat[stat.rindex(")") + 2 :].split()[19])
     big, small = (found[proc.pid] for proc in children)
     assert big.rss_bytes - small.rss_bytes >= 60 * MIB  # 64 MiB, give or take shared pages
     assert PROC.process(os.getpid()) is not None
